@@ -1,0 +1,42 @@
+# Two commands a user needs: `make run` and `make test`. Everything else is a step they call.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+STATE_DIR ?= .tidal
+
+.PHONY: setup run test lint typecheck bench services clean
+
+setup: $(STAMP)
+
+# Reinstall when the project's metadata changes; torch comes from the pinned CPU wheel.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[examples,torch,dev]'
+	$(BIN)/python examples/digits/train.py
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tidal up --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) \
+		--deploy examples/echo.py --deploy examples/digits --deploy examples/embed \
+		--deploy examples/embed_torch --deploy examples/lambda_hello
+
+lint: setup
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: setup
+	$(BIN)/mypy src
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered tests
+
+bench: setup
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/warm_path.py
+
+clean:
+	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage*

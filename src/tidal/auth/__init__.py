@@ -1,0 +1,1 @@
+"""API keys: scopes, hashing, the admin key file."""

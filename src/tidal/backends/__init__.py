@@ -1,0 +1,1 @@
+"""Where instances run. ``base.Backend`` is the seam; ``local`` runs processes on this host."""

@@ -1,0 +1,64 @@
+"""The Backend protocol: everything above this line is blind to where instances run.
+
+A backend starts instances of a revision and hands back, for each, an address the router can
+open a framed-protocol connection to (a Unix socket path locally, host:port on Ray), and tells
+when an instance exits. The router, the gateway and the autoscaler know nothing else about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tidal.store.models import Revision
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one instance reserves (from the function's spec)."""
+
+    cpu: float
+    memory_mb: int
+    gpu: int = 0
+
+
+@dataclass
+class InstanceHandle:
+    id: str
+    revision: str
+    address: str  # "unix:/path" or "tcp:host:port"
+    capacity: Capacity
+    started_at: float
+    pid: int | None = None
+    exit_code: int | None = None
+    log_path: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# Called by the backend once an instance's process is gone, whatever the reason.
+ExitCallback = Callable[[InstanceHandle], Awaitable[None] | None]
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self, revision: Revision, code_dir: str, count: int = 1) -> list[InstanceHandle]:
+        """Launch ``count`` instances; returns at once (readiness arrives over the connection)."""
+        ...
+
+    async def stop(self, instance: InstanceHandle, grace_s: float = 5.0) -> None:
+        """Stop an instance: polite first, forceful after ``grace_s``."""
+        ...
+
+    def instances(self, revision: str | None = None) -> list[InstanceHandle]:
+        """Instances this backend is running (of one revision, or all)."""
+        ...
+
+    def on_exit(self, callback: ExitCallback) -> None:
+        """Register a callback run when any instance exits."""
+        ...
+
+    async def close(self) -> None:
+        """Stop everything (gateway shutdown)."""
+        ...

@@ -1,0 +1,264 @@
+"""``tidal``: run the gateway (``up``) and drive it (deploy, ls, status, invoke, logs, keys...)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
+
+app = typer.Typer(help="tidal: serverless AI inference on your own machines.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+# Piped output (scripts, grep) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
+
+
+class Settings:
+    url: str = DEFAULT_URL
+    key: str | None = None
+    state_dir: Path = Path(".tidal")
+
+
+settings = Settings()
+
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="TIDAL_STATE_DIR", help="where tidal keeps its state")]
+
+
+@app.callback()
+def main(
+    url: Annotated[str, typer.Option(envvar="TIDAL_URL", help="the gateway to talk to")] = DEFAULT_URL,
+    key: Annotated[str | None, typer.Option(envvar="TIDAL_API_KEY", help="API key (default: STATE_DIR/admin.key)")] = None,
+    state_dir: StateDir = Path(".tidal"),
+) -> None:
+    settings.url, settings.key, settings.state_dir = url, key, state_dir
+
+
+def client() -> Client:
+    return Client(settings.url, resolve_key(settings.key, settings.state_dir))
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def call(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with client() as api:
+            return api.json(method, path, **kwargs)
+    except TidalError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def up(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    state_dir: StateDir = Path(".tidal"),
+    deploy: Annotated[list[Path] | None, typer.Option(help="deploy this file or folder at start (repeatable)")] = None,
+    max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 6 * 1024 * 1024,
+    log_level: str = "info",
+) -> None:
+    """Run the gateway in the foreground (functions deployed earlier come back)."""
+    import uvicorn
+
+    from tidal.gateway.app import Gateway
+    from tidal.gateway.platform import GatewayConfig
+
+    for path in deploy or []:
+        if not path.exists():
+            fail(f"--deploy {path}: no such file or folder")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway = Gateway(GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or [])))
+    err.print(f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})")
+    config = uvicorn.Config(gateway, host=host, port=port, log_level=log_level, access_log=False,
+                            loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    path: Annotated[Path, typer.Argument(help="a .py file or a folder (with main.py or a tidal.toml)")],
+    name: Annotated[str | None, typer.Option(help="function name (default: the decorated function's)")] = None,
+    handler: Annotated[str | None, typer.Option(help="Lambda-style handler: NAME or module.NAME")] = None,
+    style: Annotated[str | None, typer.Option(help="native | lambda | lambda-http")] = None,
+    entry: Annotated[str | None, typer.Option(help="file to run inside a folder (default main.py)")] = None,
+    memory: Annotated[int | None, typer.Option(help="MiB per instance")] = None,
+    cpu: Annotated[float | None, typer.Option(help="cores per instance")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds per invocation")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="requests in flight per instance")] = None,
+    min_instances: Annotated[int | None, typer.Option(help="instances kept warm")] = None,
+    max_instances: Annotated[int | None, typer.Option(help="most instances")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the instances (repeatable)")] = None,
+    public: Annotated[bool | None, typer.Option("--public/--private", help="invoke without a key")] = None,
+) -> None:
+    """Deploy a function: a new revision when code or spec changed, a no-op otherwise."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "memory": memory, "cpu": cpu, "timeout": timeout, "concurrency": concurrency,
+            "min_instances": min_instances, "max_instances": max_instances, "public": public,
+        }.items()
+        if value is not None
+    }  # fmt: skip
+    if env:
+        pairs = [item.partition("=") for item in env]
+        if any(not sep for _, sep, _ in pairs):
+            fail("--env takes KEY=VALUE")
+        overrides["env"] = {key: value for key, _, value in pairs}
+    options = {"name": name, "handler": handler, "style": style, "entry": entry}
+    try:
+        with client() as api:
+            deployed = api.deploy(path, options, overrides)
+    except TidalError as exc:
+        fail(str(exc))
+    for item in deployed:
+        state = "[green]new revision[/green]" if item["created"] else "unchanged"
+        out.print(f"{item['function']}: {item['revision']} ({state})  POST {settings.url}{item['url']}")
+
+
+@app.command("ls")
+def list_functions(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List functions with their serving revision and instances."""
+    functions = call("GET", "/v1/functions")["functions"]
+    if as_json:
+        out.print_json(data=functions)
+        return
+    table = Table("name", "revision", "style", "ready", "starting", "in flight", "memory", "concurrency", "public")
+    for item in functions:
+        spec, instances = item["spec"], item["instances"]
+        table.add_row(item["name"], item["revision"], item["style"], str(instances["ready"]),
+                      str(instances["starting"]), str(instances["in_flight"]), f"{spec['memory']} MiB",
+                      str(spec["concurrency"]), "yes" if spec["public"] else "no")  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One function: spec, revisions, instances."""
+    info = call("GET", f"/v1/functions/{name}")
+    if as_json:
+        out.print_json(data=info)
+        return
+    instances = info["instances"]
+    out.print(f"[bold]{info['name']}[/bold]  serving {info['revision']}  ({info['style']})  POST {info['url']}")
+    out.print(f"instances: ready {instances['ready']}, starting {instances['starting']}, "
+              f"desired {instances['desired']}, in flight {instances['in_flight']}, "
+              f"starts {instances['starts']}, failed starts {instances['start_failures']}, lost {instances['lost']}")  # fmt: skip
+    out.print("spec: " + json.dumps(info["spec"]), highlight=False)
+    table = Table("revision", "created", "code digest", "entry")
+    for revision in info["revisions"]:
+        table.add_row(revision["id"], _time(revision["created_at"]), revision["code_digest"][:12],
+                      f"{revision['module']}.{revision['attribute']}")  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def rm(name: str) -> None:
+    """Remove a function: its revisions, instances and route."""
+    call("DELETE", f"/v1/functions/{name}")
+    out.print(f"removed {name}")
+
+
+@app.command()
+def invoke(
+    name: str,
+    data: Annotated[str, typer.Argument(help="JSON body; '-' reads standard input")] = "null",
+) -> None:
+    """Invoke a function with a JSON body and print its answer."""
+    body = sys.stdin.read() if data == "-" else data
+    try:
+        with client() as api:
+            response = api.request("POST", f"/fn/{name}", content=body.encode(),
+                                   headers={"content-type": "application/json"})  # fmt: skip
+    except TidalError as exc:
+        fail(str(exc))
+    sys.stdout.write(response.text + ("\n" if not response.text.endswith("\n") else ""))
+    err.print(f"[dim]activation {response.headers.get('x-tidal-activation')}  revision "
+              f"{response.headers.get('x-tidal-revision')}  cold {response.headers.get('x-tidal-cold-start')}[/dim]")  # fmt: skip
+
+
+@app.command()
+def activations(name: str, limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Recent invocations of a function, newest first."""
+    items = call("GET", f"/v1/functions/{name}/activations", params={"limit": limit})["activations"]
+    if as_json:
+        out.print_json(data=items)
+        return
+    table = Table("activation", "start", "revision", "instance", "status", "http", "duration ms", "billed ms",
+                  "cold", "memory", "error")  # fmt: skip
+    for item in items:
+        table.add_row(item["id"], _time(item["start"]), item["revision"], item["instance"], item["status"],
+                      str(item["http_status"]), f"{item['duration_ms']:.2f}", str(item["billed_ms"]),
+                      "yes" if item["cold"] else "no", f"{item['memory_mb']} MiB",
+                      f"{item['error_type']}: {item['error_message']}" if item["error_type"] else "")  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def logs(
+    name: str,
+    activation: Annotated[str | None, typer.Option(help="only this activation's output")] = None,
+    limit: int = 20,
+) -> None:
+    """stdout/stderr captured per invocation, oldest of the recent ones first."""
+    params: dict[str, Any] = {"limit": limit}
+    if activation:
+        params["activation"] = activation
+    entries = call("GET", f"/v1/functions/{name}/logs", params=params)["logs"]
+    for entry in reversed(entries):
+        header = f"--- {entry['activation']} {_time(entry['start'])} {entry['status']} ({entry['instance']})"
+        out.print(f"[dim]{header}[/dim]", highlight=False)
+        if entry["logs"]:
+            sys.stdout.write(entry["logs"] if entry["logs"].endswith("\n") else entry["logs"] + "\n")
+            sys.stdout.flush()
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option(help="admin, invoke:*, or invoke:NAME (repeatable)")],
+    description: str = "",
+) -> None:
+    """Create a key; its secret is printed once."""
+    record = call("POST", "/v1/keys", json={"scopes": scope, "description": description})
+    err.print(f"key {record['id']} with scopes {', '.join(record['scopes'])} (shown only now):")
+    out.print(record["key"], highlight=False)
+
+
+@keys_app.command("ls")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    table = Table("id", "scopes", "created", "revoked", "description")
+    for key in call("GET", "/v1/keys")["keys"]:
+        table.add_row(key["id"], ", ".join(key["scopes"]), _time(key["created_at"]),
+                      _time(key["revoked_at"]) if key["revoked_at"] else "", key["description"])  # fmt: skip
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+    call("DELETE", f"/v1/keys/{key_id}")
+    out.print(f"revoked {key_id}")
+
+
+def _time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+if __name__ == "__main__":
+    app()

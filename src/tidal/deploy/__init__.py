@@ -1,0 +1,1 @@
+"""Turning a path into revisions: bundle the code, inspect it, validate specs, store, activate."""

@@ -1,0 +1,176 @@
+"""Deploy: bundle bytes + options -> validated revisions, stored and serving.
+
+User code is imported only in a throwaway subprocess (``tidal.runtime.inspect_module``), never in
+the gateway. Options come from three layers, later ones winning: the decorator's keywords, the
+bundle's ``tidal.toml``, the deploy command's flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tidal.deploy.bundle import BundleError, unpack
+from tidal.router.router import Router
+from tidal.spec import Style, SpecError, default_name, validate_spec
+from tidal.store.models import Revision
+from tidal.store.sqlite import SQLiteStore
+
+INSPECT_TIMEOUT_S = 180.0
+DEPLOY_CONFIG = "tidal.toml"
+ENTRY_CANDIDATES = ("main.py", "handler.py", "lambda_function.py", "app.py")
+
+
+class DeployError(ValueError):
+    """A deploy refused for a reason the user can fix; the message says which."""
+
+
+@dataclass
+class DeployOptions:
+    source: str = ""  # the uploaded path's name, the default function name for Lambda modules
+    name: str | None = None
+    entry: str | None = None
+    handler: str | None = None
+    style: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    revision: Revision
+    created: bool
+
+
+class Deployer:
+    def __init__(self, store: SQLiteStore, router: Router, code_root: Path, python: str = sys.executable) -> None:
+        self.store = store
+        self.router = router
+        self.code_root = code_root
+        self.python = python
+        self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
+
+    def code_dir(self, revision: Revision) -> Path:
+        return self.code_root / revision.code_digest
+
+    async def deploy(self, bundle: bytes, options: DeployOptions) -> list[Deployed]:
+        try:
+            code_dir, code_digest, names = await asyncio.to_thread(unpack, bundle, self.code_root)
+        except BundleError as exc:
+            raise DeployError(str(exc)) from None
+        settings = _read_settings(code_dir)
+        style = _style(options.style or settings.pop("style", None) or "native")
+        handler = options.handler or settings.pop("handler", None)
+        entry = options.entry or settings.pop("entry", None) or _default_entry(names)
+        name = options.name or settings.pop("name", None)
+        declared_spec = settings.pop("spec", {})
+        if settings:
+            raise DeployError(f"{DEPLOY_CONFIG}: unknown key(s) {sorted(settings)}")
+        if style is not Style.NATIVE and not handler:
+            raise DeployError(f"style {style.value!r} needs --handler NAME (the function AWS would call)")
+        module, handler = _module_and_handler(entry, handler, names)
+        found = await self._inspect(code_dir, module, handler)
+        if name and len(found) > 1:
+            raise DeployError(f"--name given but {module}.py declares {len(found)} functions")
+        async with self._lock:
+            deployed = []
+            for item in found:
+                default = Path(options.source).stem if handler else default_name(item["attribute"])
+                spec_input = {**item["spec"], **declared_spec, **options.overrides}
+                spec_input["name"] = name or spec_input.get("name") or default
+                try:
+                    spec = validate_spec(spec_input).model_dump()
+                except SpecError as exc:
+                    raise DeployError(f"function {spec_input['name']!r}: {exc}") from None
+                draft = _draft(spec, code_digest, module, item["attribute"], item["is_class"], style)
+                revision, created = await asyncio.to_thread(self.store.add_revision, draft)
+                self.router.activate(revision, str(code_dir))
+                deployed.append(Deployed(revision, created))
+            return deployed
+
+    async def _inspect(self, code_dir: Path, module: str, handler: str | None) -> list[dict[str, Any]]:
+        command = [self.python, "-m", "tidal.runtime.inspect_module", str(code_dir), module]
+        if handler:
+            command.append(handler)
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=code_dir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), INSPECT_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            raise DeployError(f"importing {module!r} took longer than {INSPECT_TIMEOUT_S:g} s") from None
+        try:
+            answer = json.loads(stdout)
+        except json.JSONDecodeError:
+            tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
+            raise DeployError(f"inspecting {module!r} failed: {' | '.join(tail) or 'no output'}") from None
+        if not answer.get("ok"):
+            raise DeployError(answer.get("error", "inspection failed"))
+        return list(answer["functions"])
+
+
+def _read_settings(code_dir: Path) -> dict[str, Any]:
+    path = code_dir / DEPLOY_CONFIG
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{DEPLOY_CONFIG} is not valid TOML: {exc}") from None
+
+
+def _style(value: str) -> Style:
+    try:
+        return Style(value)
+    except ValueError:
+        raise DeployError(f"unknown style {value!r}; use one of: {', '.join(s.value for s in Style)}") from None
+
+
+def _default_entry(names: list[str]) -> str:
+    top_level = [name for name in names if "/" not in name and name.endswith(".py")]
+    if len(top_level) == 1:
+        return top_level[0]
+    for candidate in ENTRY_CANDIDATES:
+        if candidate in top_level:
+            return candidate
+    raise DeployError(
+        f"cannot tell which file to run among {top_level or 'no .py files'}: add main.py, "
+        f"pass --entry FILE, or set entry in {DEPLOY_CONFIG}"
+    )
+
+
+def _module_and_handler(entry: str, handler: str | None, names: list[str]) -> tuple[str, str | None]:
+    """``--handler lambda_function.handler`` (AWS style) names the module too."""
+    if handler and "." in handler:
+        module, _, handler = handler.rpartition(".")
+        entry = module.replace(".", "/") + ".py"
+    if entry not in names:
+        raise DeployError(f"entry file {entry!r} is not in the bundle")
+    module = entry.removesuffix(".py").replace("/", ".")
+    return module, handler
+
+
+def _draft(
+    spec: dict[str, Any], code_digest: str, module: str, attribute: str, is_class: bool, style: Style
+) -> Revision:
+    identity = json.dumps([code_digest, module, attribute, is_class, style.value, spec], sort_keys=True)
+    return Revision(
+        id="",
+        function=spec["name"],
+        number=0,
+        digest=hashlib.sha256(identity.encode()).hexdigest(),
+        code_digest=code_digest,
+        module=module,
+        attribute=attribute,
+        is_class=is_class,
+        style=style.value,
+        spec=spec,
+        created_at=time.time(),
+    )

@@ -1,0 +1,244 @@
+"""The admin API under /v1: functions, revisions, instances, activations, logs, keys.
+
+Every route needs a key with the ``admin`` scope. Errors use the same body as invocations:
+``{"error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from tidal.auth.keys import Access
+from tidal.deploy.service import DeployError, DeployOptions
+from tidal.gateway.platform import Platform
+from tidal.router.router import Route
+from tidal.store.models import Activation, Revision
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(status, message)
+        self.error_type = error_type
+
+
+def platform_of(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def require_admin(
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Platform:
+    platform = platform_of(request)
+    access, _ = platform.keys.check(authorization, "admin")
+    if access is Access.UNAUTHENTICATED:
+        raise ApiError(401, "Unauthorized", "a valid admin API key is required (Authorization: Bearer KEY)")
+    if access is Access.FORBIDDEN:
+        raise ApiError(403, "Forbidden", "this key lacks the admin scope")
+    return platform
+
+
+Admin = Annotated[Platform, Depends(require_admin)]
+router = APIRouter(prefix="/v1")
+
+
+class KeyRequest(BaseModel):
+    scopes: list[str] = Field(examples=[["invoke:embed"]])
+    description: str = ""
+
+
+def _plain(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+def _route_or_404(platform: Platform, name: str) -> Route:
+    route = platform.router.route(name)
+    if route is None:
+        raise ApiError(404, "NotFound", f"no function named {name!r}")
+    return route
+
+
+def describe_function(platform: Platform, route: Route, revisions: list[Revision] | None = None) -> dict[str, Any]:
+    pool = route.pool.describe()
+    ready, starting = int(pool["ready"]), int(pool["starting"])  # type: ignore[call-overload]
+    body: dict[str, Any] = {
+        "name": route.function,
+        "url": f"/fn/{route.function}",
+        "revision": route.revision.id,
+        "style": route.style,
+        "spec": route.revision.spec,
+        "instances": {
+            "ready": ready,
+            "starting": starting,
+            "desired": max(route.pool.min_instances, ready + starting),
+            "in_flight": pool["in_flight"],
+            "list": pool["instances"],
+            "starts": pool["starts"],
+            "start_failures": pool["start_failures"],
+            "lost": pool["lost"],
+        },
+    }
+    if revisions is not None:
+        body["revisions"] = [_plain(revision) for revision in revisions]
+    return body
+
+
+@router.get("/functions", summary="List functions")
+def list_functions(platform: Admin) -> dict[str, Any]:
+    return {"functions": [describe_function(platform, route) for route in platform.router.routes.values()]}
+
+
+@router.get("/functions/{name}", summary="A function: spec, revisions, instances")
+def get_function(name: str, platform: Admin) -> dict[str, Any]:
+    route = _route_or_404(platform, name)
+    return describe_function(platform, route, platform.store.revisions(name))
+
+
+@router.post("/functions", status_code=201, summary="Deploy a code bundle (zip) as new revisions")
+async def deploy(
+    request: Request,
+    platform: Admin,
+    source: Annotated[str, Query(description="name of the deployed file or folder")] = "",
+    name: str | None = None,
+    entry: str | None = None,
+    handler: str | None = None,
+    style: str | None = None,
+    overrides: Annotated[str | None, Query(description="JSON object of spec fields")] = None,
+) -> dict[str, Any]:
+    limit = platform.config.max_deploy_bytes
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "PayloadTooLarge", f"the bundle exceeds {limit} bytes")
+        chunks.append(chunk)
+    try:
+        parsed = json.loads(overrides) if overrides else {}
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "BadRequest", f"overrides is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "BadRequest", "overrides must be a JSON object of spec fields")
+    options = DeployOptions(source, name, entry, handler, style, parsed)
+    try:
+        deployed = await platform.deployer.deploy(b"".join(chunks), options)
+    except DeployError as exc:
+        raise ApiError(400, "DeployError", str(exc)) from None
+    return {
+        "deployed": [
+            {"function": item.revision.function, "revision": item.revision.id, "created": item.created,
+             "url": f"/fn/{item.revision.function}"}
+            for item in deployed
+        ]
+    }  # fmt: skip
+
+
+@router.delete("/functions/{name}", summary="Remove a function, its revisions and instances")
+async def remove_function(name: str, platform: Admin) -> dict[str, Any]:
+    in_router = platform.router.remove(name)
+    in_store = await asyncio.to_thread(platform.store.delete_function, name)
+    if not (in_router or in_store):
+        raise ApiError(404, "NotFound", f"no function named {name!r}")
+    return {"deleted": name}
+
+
+@router.get("/functions/{name}/revisions", summary="Revisions, newest first")
+def list_revisions(name: str, platform: Admin) -> dict[str, Any]:
+    revisions = platform.store.revisions(name)
+    if not revisions:
+        raise ApiError(404, "NotFound", f"no function named {name!r}")
+    return {"revisions": [_plain(revision) for revision in revisions]}
+
+
+def _known_function(platform: Platform, name: str) -> None:
+    if platform.router.route(name) is None and not platform.store.revisions(name):
+        raise ApiError(404, "NotFound", f"no function named {name!r}")
+
+
+async def _flushed(platform: Platform) -> None:
+    """Activations are written in batches; a reader asking now should see the ones already done."""
+    if platform.recorder is not None:
+        await platform.recorder.flush()
+
+
+@router.get("/functions/{name}/activations", summary="Recent activations, newest first")
+async def list_activations(
+    name: str, platform: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> dict[str, Any]:
+    _known_function(platform, name)
+    await _flushed(platform)
+    activations = await asyncio.to_thread(platform.store.activations, name, limit)
+    return {"activations": [_activation(item, with_logs=False) for item in activations]}
+
+
+@router.get("/functions/{name}/logs", summary="Captured stdout/stderr per activation")
+async def function_logs(
+    name: str,
+    platform: Admin,
+    activation: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    _known_function(platform, name)
+    await _flushed(platform)
+    activations = await asyncio.to_thread(platform.store.activations, name, limit, activation)
+    if activation is not None and not activations:
+        raise ApiError(404, "NotFound", f"no activation {activation!r} of {name!r}")
+    return {
+        "logs": [
+            {"activation": item.id, "start": item.start, "status": item.status, "instance": item.instance,
+             "logs": item.logs}
+            for item in activations
+        ]
+    }  # fmt: skip
+
+
+@router.get("/activations/{activation_id}", summary="One activation record")
+async def get_activation(activation_id: str, platform: Admin) -> dict[str, Any]:
+    await _flushed(platform)
+    activation = await asyncio.to_thread(platform.store.activation, activation_id)
+    if activation is None:
+        raise ApiError(404, "NotFound", f"no activation {activation_id!r}")
+    return _activation(activation, with_logs=True)
+
+
+def _activation(activation: Activation, with_logs: bool) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(activation)
+    body["cold"] = bool(body["cold"])
+    if not with_logs:
+        body.pop("logs")
+    return body
+
+
+@router.get("/instances", summary="Every running instance")
+def list_instances(platform: Admin) -> dict[str, Any]:
+    instances = []
+    for route in platform.router.routes.values():
+        for instance in route.pool.describe()["instances"]:  # type: ignore[attr-defined]
+            instances.append({"function": route.function, "revision": route.revision.id, **instance})
+    return {"instances": instances}
+
+
+@router.get("/keys", summary="API keys (never the secrets)")
+def list_keys(platform: Admin) -> dict[str, Any]:
+    return {"keys": [_plain(key) for key in platform.store.keys()]}
+
+
+@router.post("/keys", status_code=201, summary="Create a key; the secret is shown only in this answer")
+def create_key(body: KeyRequest, platform: Admin) -> dict[str, Any]:
+    try:
+        record, key = platform.keys.create(body.scopes, body.description)
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", str(exc)) from None
+    return {**_plain(record), "key": key}
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key")
+def revoke_key(key_id: str, platform: Admin) -> dict[str, Any]:
+    if not platform.keys.revoke(key_id):
+        raise ApiError(404, "NotFound", f"no active key {key_id!r}")
+    return {"revoked": key_id}

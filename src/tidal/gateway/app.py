@@ -1,0 +1,105 @@
+"""The gateway ASGI app: ``/fn/...`` goes straight to the raw invoke handler (the hot path),
+``/healthz`` answers at once, everything else (admin API, OpenAPI, docs) is FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tidal import __version__
+from tidal.gateway import admin
+from tidal.gateway.asgi import Receive, Scope, Send, respond
+from tidal.gateway.invoke import PREFIX, InvokeHandler
+from tidal.gateway.platform import GatewayConfig, Platform
+
+log = logging.getLogger("tidal.gateway")
+
+
+def _error(status: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": error_type, "message": message}}, status_code=status)
+
+
+def build_admin_app(platform: Platform) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(title="tidal", version=__version__, lifespan=lifespan,
+                  description="Serverless AI inference: invoke functions at POST /fn/{name}; manage them under /v1.")  # fmt: skip
+    app.state.platform = platform
+    app.include_router(admin.router)
+
+    @app.exception_handler(admin.ApiError)
+    async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:
+        return _error(exc.status_code, exc.error_type, str(exc.detail))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return _error(exc.status_code, error_type, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()]
+        return _error(422, "ValidationError", "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("admin request failed")
+        return _error(500, "InternalError", "the gateway failed; see its log")
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the invoke route, which is served outside FastAPI for speed."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        error = {"description": "error", "content": {"application/json": {"example": {
+            "error": {"type": "ValueError", "message": "...", "activation": "9f2c..."}}}}}  # fmt: skip
+        schema["paths"]["/fn/{name}"] = {"post": {
+            "summary": "Invoke a function",
+            "description": "JSON in and out (raw bytes with application/octet-stream). A generator function "
+            "streams chunks (server-sent events with Accept: text/event-stream). Response headers: "
+            "x-tidal-revision, x-tidal-activation, x-tidal-cold-start.",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": {}},
+                                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": {"description": "the function's return value"},
+                          **{str(code): error for code in (400, 401, 403, 404, 413, 500, 502, 504)}},
+        }}  # fmt: skip
+        schema["paths"]["/healthz"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+class Gateway:
+    """The outer ASGI callable uvicorn serves."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.platform = Platform(config)
+        self.invoke = InvokeHandler(self.platform)
+        self.admin = build_admin_app(self.platform)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(PREFIX):
+                return await self.invoke(scope, receive, send)
+            if path == "/healthz":
+                return await respond(send, 200, b'{"status":"ok"}', b"application/json", [])
+        await self.admin(scope, receive, send)

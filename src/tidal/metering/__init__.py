@@ -1,0 +1,1 @@
+"""Activations (one record per invocation) and, later, usage and cost."""

@@ -1,0 +1,1 @@
+"""From a function name to an instance connection: revision choice, instance choice, cold starts."""

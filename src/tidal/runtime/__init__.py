@@ -1,0 +1,1 @@
+"""The instance side: the worker main loop, the wire protocol, module loading."""

@@ -1,0 +1,54 @@
+"""``python -m tidal.runtime.inspect_module CODE_DIR MODULE [HANDLER]``: what a deploy would create.
+
+Runs in a throwaway process at deploy time and prints one JSON document on stdout:
+``{"ok": true, "functions": [{"attribute", "is_class", "spec", "is_stream"}]}`` or
+``{"ok": false, "error": "..."}``. The gateway validates the specs; nothing here trusts them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tidal.runtime.loader import declared_functions, import_entry
+
+
+def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str, Any]:
+    try:
+        module = import_entry(code_dir, module_name)
+    except BaseException as exc:  # the user's module may raise anything, SystemExit included
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return {"ok": False, "error": f"importing {module_name!r} failed: {detail}"}
+    if handler is not None:
+        target = getattr(module, handler, None)
+        if not callable(target):
+            return {"ok": False, "error": f"module {module_name!r} has no callable {handler!r}"}
+        return {"ok": True, "functions": [{"attribute": handler, "is_class": False, "spec": {}}]}
+    functions = [
+        {"attribute": attribute, "is_class": declaration.is_class, "spec": declaration.spec}
+        for attribute, declaration in declared_functions(module)
+    ]
+    if not functions:
+        return {
+            "ok": False,
+            "error": f"module {module_name!r} declares no @tidal.function; "
+            "for a Lambda-style module pass --handler NAME --style lambda",
+        }
+    return {"ok": True, "functions": functions}
+
+
+def main() -> None:
+    code_dir, module_name = Path(sys.argv[1]), sys.argv[2]
+    handler = sys.argv[3] if len(sys.argv) > 3 else None
+    # User code may print while importing; keep stdout for the one JSON answer.
+    real_stdout, sys.stdout = sys.stdout, sys.stderr
+    result = describe(code_dir, module_name, handler)
+    real_stdout.write(json.dumps(result, default=str))
+    real_stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

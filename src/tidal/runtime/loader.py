@@ -1,0 +1,89 @@
+"""Import a deployed module from its copied code directory and find its functions.
+
+Used in two places: at deploy time (``python -m tidal.runtime.inspect``, in a throwaway process,
+so user code never runs inside the gateway) and in every instance, to build the callable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tidal.sdk.decorator import DECLARATION_ATTRIBUTE, FunctionDeclaration
+
+
+def import_entry(code_dir: Path, module_name: str) -> ModuleType:
+    """Import ``module_name`` with ``code_dir`` first on sys.path (the revision's private copy)."""
+    code = str(code_dir)
+    if code not in sys.path:
+        sys.path.insert(0, code)
+    return importlib.import_module(module_name)
+
+
+def declared_functions(module: ModuleType) -> list[tuple[str, FunctionDeclaration]]:
+    """The ``@tidal.function`` objects defined in ``module`` itself (not ones it imported)."""
+    found = []
+    for attribute, value in vars(module).items():
+        declaration = getattr(value, DECLARATION_ATTRIBUTE, None)
+        if isinstance(declaration, FunctionDeclaration) and getattr(value, "__module__", None) == module.__name__:
+            found.append((attribute, declaration))
+    return found
+
+
+@dataclass(frozen=True)
+class Target:
+    """The per-request callable of an instance plus what the worker needs to know about it."""
+
+    call: Callable[..., Any]
+    wants_context: bool
+    is_async: bool
+    is_stream: bool
+    is_async_stream: bool
+
+
+def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Target, Callable[[], None]]:
+    """Return the per-request target and the once-per-instance setup (a no-op for plain functions)."""
+    obj = getattr(module, attribute, None)
+    if obj is None:
+        raise LookupError(f"module {module.__name__!r} has no attribute {attribute!r}")
+    setup: Callable[[], None] = lambda: None  # noqa: E731
+    if is_class:
+        instance = obj()
+        setup = getattr(instance, "setup", setup)
+        call = instance.__call__ if callable(instance) else None
+        if call is None:
+            raise TypeError(f"class {attribute!r} must define __call__(self, payload)")
+        function = type(instance).__call__
+    else:
+        if not callable(obj):
+            raise TypeError(f"{attribute!r} in {module.__name__!r} is not callable")
+        call = function = obj
+    target = Target(
+        call=call,
+        wants_context=_positional_count(call) >= 2,
+        is_async=inspect.iscoroutinefunction(function),
+        is_stream=inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function),
+        is_async_stream=inspect.isasyncgenfunction(function),
+    )
+    return target, setup
+
+
+def _positional_count(call: Callable[..., Any]) -> int:
+    """How many positional arguments ``call`` accepts (``*args`` counts as two)."""
+    try:
+        parameters = inspect.signature(call).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    count = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 2
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count

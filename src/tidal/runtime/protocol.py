@@ -1,0 +1,133 @@
+"""Wire protocol between the router (gateway side) and an instance.
+
+Each frame is a 4-byte big-endian length followed by one msgpack-encoded message (msgspec,
+tagged union). One connection carries many requests in flight, told apart by ``id``.
+
+router -> instance: Invoke, Cancel
+instance -> router: Ready (once, after setup), SetupFailed, Chunk* then End (streams),
+                    Result or Error (one answer per Invoke)
+
+Every answer carries CallStats so metering can bill what really ran.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 512 * 1024 * 1024  # a frame larger than this is a protocol error, not a payload
+
+
+class Frame(msgspec.Struct, frozen=True, tag_field="kind"):
+    """Base of every message; ``kind`` on the wire tells them apart."""
+
+
+class CallStats(msgspec.Struct, frozen=True):
+    duration_ms: float  # wall time inside the instance, from receipt to answer
+    cpu_ms: float  # CPU time the call used
+    peak_rss_kb: int  # the instance's peak resident memory so far
+
+
+class Invoke(Frame, tag="invoke"):
+    id: int
+    activation: str
+    deadline: float  # epoch seconds; the instance answers Error(type="Timeout") past it
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = {}
+    # For style "lambda-http": the request line the handler's event needs.
+    method: str = "POST"
+    path: str = "/"
+    query: str = ""
+
+
+class Cancel(Frame, tag="cancel"):
+    id: int
+
+
+class Ready(Frame, tag="ready"):
+    pid: int
+    setup_ms: float  # time spent in the user's setup (model load)
+    import_ms: float  # time spent importing the user's module
+
+
+class SetupFailed(Frame, tag="setup_failed"):
+    type: str
+    message: str
+
+
+class Result(Frame, tag="result"):
+    id: int
+    body: bytes
+    stats: CallStats
+    content_type: str = "application/json"
+    status: int = 200
+    headers: dict[str, str] = {}
+    logs: str = ""
+
+
+class Chunk(Frame, tag="chunk"):
+    id: int
+    data: bytes
+
+
+class End(Frame, tag="end"):
+    id: int
+    stats: CallStats
+    logs: str = ""
+    error_type: str = ""  # set when the generator raised after it had streamed chunks
+    error_message: str = ""
+
+
+class Error(Frame, tag="error"):
+    id: int
+    type: str  # the exception's class name, or "Timeout" / "Cancelled" / "BadRequest"
+    message: str
+    stats: CallStats
+    logs: str = ""
+
+
+Message = Invoke | Cancel | Ready | SetupFailed | Result | Chunk | End | Error
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    """One frame: length prefix + payload, ready for a single write."""
+    payload = _encoder.encode(message)
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> Message:
+    return _decoder.decode(payload)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+class FrameReader:
+    """Incremental frame splitter for a byte stream (works with any read() chunking)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buffer += data
+        messages: list[Message] = []
+        while len(self._buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            try:
+                messages.append(_decoder.decode(bytes(self._buffer[HEADER.size : end])))
+            except msgspec.DecodeError as exc:
+                raise ProtocolError(str(exc)) from exc
+            del self._buffer[:end]
+        return messages

@@ -1,0 +1,275 @@
+"""The instance main loop: load the function once, then serve framed invocations.
+
+Started by a backend as ``python -m tidal.runtime.worker`` with its configuration (JSON) in the
+environment variable TIDAL_INSTANCE and an already-listening socket inherited as fd
+TIDAL_LISTEN_FD. The gateway connects at once (the kernel's backlog holds the connection) and
+receives Ready when setup is done, so no one polls for readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import io
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from tidal.runtime import capture, codec
+from tidal.runtime.loader import Target, build_target, import_entry
+from tidal.runtime.protocol import (
+    CallStats,
+    Cancel,
+    Chunk,
+    End,
+    Error,
+    FrameReader,
+    Invoke,
+    Message,
+    ProtocolError,
+    Ready,
+    Result,
+    SetupFailed,
+    encode,
+)
+from tidal.sdk.context import Context
+
+
+class InstanceConfig(msgspec.Struct, frozen=True):
+    instance_id: str
+    function: str
+    revision: str
+    code_dir: str
+    module: str
+    attribute: str
+    is_class: bool
+    style: str = "native"
+    timeout: float = 60.0
+    concurrency: int = 1
+    memory_mb: int = 512
+
+
+class Worker:
+    """Serves one gateway connection; each Invoke runs as its own task."""
+
+    def __init__(self, config: InstanceConfig, target: Target) -> None:
+        self.config = config
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="call")
+        self.running: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
+        self.closed = self.loop.create_future()
+
+    def send(self, message: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(message))
+
+    def send_threadsafe(self, message: Message) -> None:
+        self.loop.call_soon_threadsafe(self.send, message)
+
+    def receive(self, message: Message) -> None:
+        if isinstance(message, Invoke):
+            stop = threading.Event()
+            task = self.loop.create_task(self.invoke(message, stop))
+            self.running[message.id] = (task, stop)
+            task.add_done_callback(lambda _: self.running.pop(message.id, None))
+        elif isinstance(message, Cancel) and message.id in self.running:
+            task, stop = self.running[message.id]
+            stop.set()
+            task.cancel()
+
+    async def invoke(self, request: Invoke, stop: threading.Event) -> None:
+        buffer = io.StringIO()
+        capture.current_buffer.set(buffer)  # this task's own context: invocations never mix logs
+        started, cpu_started = time.perf_counter(), time.process_time()
+        cpu_box = [0.0]
+        try:
+            async with self.slots:
+                remaining = request.deadline - time.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    await self.run_call(request, stop, buffer, started, cpu_box)
+        except asyncio.CancelledError:
+            stop.set()
+            self.send(Error(request.id, "Cancelled", "the client went away", self.stats(started, cpu_box)))
+        except TimeoutError:
+            stop.set()
+            message = f"the function ran past its timeout of {self.config.timeout:g} s"
+            self.send(Error(request.id, "Timeout", message, self.stats(started, cpu_box), capture.collected(buffer)))
+        except codec.BadRequest as exc:
+            self.send(Error(request.id, "BadRequest", str(exc), self.stats(started, cpu_box)))
+        except Exception as exc:
+            print(traceback.format_exc(), file=sys.stderr, end="")
+            stats = self.stats(started, cpu_box, cpu_started)
+            self.send(Error(request.id, type(exc).__name__, str(exc), stats, capture.collected(buffer)))
+
+    def stats(self, started: float, cpu_box: list[float], cpu_started: float | None = None) -> CallStats:
+        cpu = cpu_box[0] if cpu_box[0] else (time.process_time() - cpu_started if cpu_started else 0.0)
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb)
+
+    async def run_call(
+        self, request: Invoke, stop: threading.Event, buffer: io.StringIO, started: float, cpu_box: list[float]
+    ) -> None:
+        args = self.arguments(request)
+        target = self.target
+        if target.is_async_stream:
+            cpu_started = time.process_time()
+            async for item in target.call(*args):
+                self.send(Chunk(request.id, codec.encode_chunk(item)))
+            cpu_box[0] = time.process_time() - cpu_started
+            self.send(End(request.id, self.stats(started, cpu_box), capture.collected(buffer)))
+            return
+        if target.is_async:
+            cpu_started = time.process_time()
+            value = await target.call(*args)
+            cpu_box[0] = time.process_time() - cpu_started
+        else:
+            context = contextvars.copy_context()
+            value = await self.loop.run_in_executor(
+                self.threads, context.run, self.call_in_thread, request, args, stop, cpu_box
+            )
+        if target.is_stream:  # a sync generator streamed from its thread; End follows here
+            self.send(End(request.id, self.stats(started, cpu_box), capture.collected(buffer)))
+            return
+        self.answer(request, value, self.stats(started, cpu_box), capture.collected(buffer))
+
+    def call_in_thread(self, request: Invoke, args: tuple[Any, ...], stop: threading.Event, cpu: list[float]) -> Any:
+        cpu_started = time.thread_time()
+        try:
+            value = self.target.call(*args)
+            if self.target.is_stream:
+                for item in value:
+                    if stop.is_set():
+                        break
+                    self.send_threadsafe(Chunk(request.id, codec.encode_chunk(item)))
+                return None
+            return value
+        finally:
+            cpu[0] = time.thread_time() - cpu_started
+
+    def arguments(self, request: Invoke) -> tuple[Any, ...]:
+        config = self.config
+        if config.style == "lambda-http":
+            event: Any = codec.lambda_http_event(request, config.function)
+        else:
+            event = codec.decode_body(request)
+            if config.style == "lambda" and event is None:
+                event = {}
+        if config.style == "native" and not self.target.wants_context:
+            return (event,)
+        context = Context(
+            activation_id=request.activation,
+            function=config.function,
+            revision=config.revision,
+            instance=config.instance_id,
+            memory_mb=config.memory_mb,
+            deadline=request.deadline,
+            headers=request.headers,
+        )
+        return (event, context)
+
+    def answer(self, request: Invoke, value: Any, stats: CallStats, logs: str) -> None:
+        if self.config.style == "lambda-http":
+            status, headers, body, content_type = codec.lambda_http_response(value)
+            self.send(Result(request.id, body, stats, content_type, status, headers, logs))
+            return
+        body, content_type = codec.encode_result(value)
+        self.send(Result(request.id, body, stats, content_type, logs=logs))
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.reader = FrameReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.worker.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except ProtocolError as exc:
+            print(f"tidal: protocol error from gateway: {exc}", file=sys.stderr)
+            assert self.worker.transport is not None
+            self.worker.transport.close()
+            return
+        for message in messages:
+            self.worker.receive(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.worker.closed.done():
+            self.worker.closed.set_result(None)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when the gateway that started it dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def load(config: InstanceConfig) -> tuple[Target, Callable[[], None], float]:
+    started = time.perf_counter()
+    module = import_entry(Path(config.code_dir), config.module)
+    target, setup = build_target(module, config.attribute, config.is_class)
+    return target, setup, (time.perf_counter() - started) * 1000
+
+
+async def serve(config: InstanceConfig, listener: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    connection, _ = await loop.sock_accept(listener)
+    listener.close()
+    try:
+        target, setup, import_ms = load(config)
+        setup_started = time.perf_counter()
+        setup()
+        setup_ms = (time.perf_counter() - setup_started) * 1000
+    except BaseException as exc:
+        traceback.print_exc()
+        connection.setblocking(True)
+        connection.sendall(encode(SetupFailed(type(exc).__name__, str(exc) or repr(exc))))
+        connection.close()
+        return
+    worker = Worker(config, target)
+    await loop.connect_accepted_socket(lambda: Connection(worker), connection)
+    worker.send(Ready(os.getpid(), setup_ms, import_ms))
+    await worker.closed  # the gateway closed the connection: this instance is done
+
+
+def main() -> None:
+    die_with_parent()
+    config = msgspec.json.decode(os.environ.pop("TIDAL_INSTANCE"), type=InstanceConfig)
+    listener = socket.socket(fileno=int(os.environ.pop("TIDAL_LISTEN_FD")))
+    listener.setblocking(False)
+    os.environ.update({"TIDAL_FUNCTION": config.function, "TIDAL_REVISION": config.revision})
+    capture.install()
+    try:
+        import uvloop
+
+        uvloop.run(serve(config, listener))
+    except ImportError:
+        asyncio.run(serve(config, listener))
+    os._exit(0)  # do not wait on user threads that may still be running
+
+
+if __name__ == "__main__":
+    main()

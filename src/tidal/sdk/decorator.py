@@ -1,0 +1,57 @@
+"""``@tidal.function``: marks a plain function or a class as a deployable function.
+
+A plain function is called once per request. A class is instantiated once per instance; its
+optional ``setup()`` runs before the instance reports ready (load the model there), and its
+``__call__`` serves each request:
+
+    @tidal.function(memory=1024, concurrency=4)
+    class Embed:
+        def setup(self) -> None:
+            self.model = load()
+
+        def __call__(self, payload: dict) -> dict:
+            return {"embeddings": self.model(payload["texts"])}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+DECLARATION_ATTRIBUTE = "__tidal_function__"
+
+Target = TypeVar("Target", bound=Callable[..., Any])
+
+SPEC_KEYS = frozenset(
+    {"name", "memory", "cpu", "gpu", "timeout", "concurrency", "min_instances", "max_instances", "env", "public"}
+)
+
+
+@dataclass(frozen=True)
+class FunctionDeclaration:
+    """What the decorator recorded: the raw spec keywords, validated later at deploy time."""
+
+    python_name: str
+    is_class: bool
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@overload
+def function(target: Target, /) -> Target: ...
+@overload
+def function(target: None = None, /, **spec: Any) -> Callable[[Target], Target]: ...
+
+
+def function(target: Any = None, /, **spec: Any) -> Any:
+    """Declare a function. Usable bare (``@function``) or with spec keywords (``@function(memory=1024)``)."""
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise TypeError(f"unknown spec field(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+
+    def mark(obj: Target) -> Target:
+        declaration = FunctionDeclaration(obj.__name__, isinstance(obj, type), dict(spec))
+        setattr(obj, DECLARATION_ATTRIBUTE, declaration)
+        return obj
+
+    return mark(target) if target is not None else mark

@@ -1,0 +1,126 @@
+"""Shared fixtures: a real `tidal up` process on a free port, driven through its CLI and HTTP API."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+TIDAL = str(VENV_BIN / "tidal")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class TidalServer:
+    """A gateway in its own process, with its own state dir."""
+
+    state_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_key(self) -> str:
+        return (self.state_dir / "admin.key").read_text().strip()
+
+    @property
+    def client(self) -> httpx.Client:
+        if not hasattr(self, "_client"):
+            self._client = httpx.Client(
+                base_url=self.url, headers={"authorization": f"Bearer {self.admin_key}"}, timeout=120
+            )
+        return self._client
+
+    def start(self, *extra: str, wait_s: float = 60.0) -> TidalServer:
+        self.log_path = self.state_dir.parent / f"tidal-up-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
+        command = [TIDAL, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *extra]
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=cli_env())
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tidal up exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"tidal up did not come up in {wait_s} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if hasattr(self, "_client"):
+            self._client.close()
+            del self._client
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def cli(self, *args: str, key: str | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `tidal ARGS` against this server, as a user at a shell would."""
+        env = cli_env() | {"TIDAL_URL": self.url, "TIDAL_API_KEY": key or self.admin_key}
+        return subprocess.run([TIDAL, *args], capture_output=True, text=True, env=env, input=input, timeout=600)
+
+    def deploy(self, path: str | Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("deploy", str(path), *extra_args)
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def tidal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TidalServer]:
+    """One gateway shared by the whole session; tests deploy functions with distinct names."""
+    server = TidalServer(tmp_path_factory.mktemp("tidal") / "state").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[TidalServer]:
+    """A gateway of this test's own (for restarts, kills and other disruptive checks)."""
+    server = TidalServer(tmp_path / "state")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def write_module(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a user module into a fresh folder and return its path."""
+    counter = iter(range(1000))
+
+    def write(source: str, filename: str = "module.py") -> Path:
+        folder = tmp_path / f"src{next(counter)}"
+        folder.mkdir()
+        path = folder / filename
+        path.write_text(source)
+        return path
+
+    return write
