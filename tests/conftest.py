@@ -80,10 +80,14 @@ class TidalServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
 
-    def cli(self, *args: str, key: str | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, key: str | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run `tidal ARGS` against this server, as a user at a shell would."""
         env = cli_env() | {"TIDAL_URL": self.url, "TIDAL_API_KEY": key or self.admin_key}
-        return subprocess.run([TIDAL, *args], capture_output=True, text=True, env=env, input=input, timeout=600)
+        return subprocess.run(
+            [TIDAL, *args], capture_output=True, text=True, env=env, input=input, timeout=600
+        )
 
     def deploy(self, path: str | Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("deploy", str(path), *extra_args)

@@ -15,8 +15,12 @@ from rich.table import Table
 
 from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
 
-app = typer.Typer(help="tidal: serverless AI inference on your own machines.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
+app = typer.Typer(
+    help="tidal: serverless AI inference on your own machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 # Piped output (scripts, grep) gets wide tables instead of rich's 80-column default.
@@ -32,13 +36,17 @@ class Settings:
 
 settings = Settings()
 
-StateDir = Annotated[Path, typer.Option("--state-dir", envvar="TIDAL_STATE_DIR", help="where tidal keeps its state")]
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", envvar="TIDAL_STATE_DIR", help="where tidal keeps its state")
+]
 
 
 @app.callback()
 def main(
     url: Annotated[str, typer.Option(envvar="TIDAL_URL", help="the gateway to talk to")] = DEFAULT_URL,
-    key: Annotated[str | None, typer.Option(envvar="TIDAL_API_KEY", help="API key (default: STATE_DIR/admin.key)")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="TIDAL_API_KEY", help="API key (default: STATE_DIR/admin.key)")
+    ] = None,
     state_dir: StateDir = Path(".tidal"),
 ) -> None:
     settings.url, settings.key, settings.state_dir = url, key, state_dir
@@ -66,7 +74,9 @@ def up(
     host: str = "127.0.0.1",
     port: int = 8080,
     state_dir: StateDir = Path(".tidal"),
-    deploy: Annotated[list[Path] | None, typer.Option(help="deploy this file or folder at start (repeatable)")] = None,
+    deploy: Annotated[
+        list[Path] | None, typer.Option(help="deploy this file or folder at start (repeatable)")
+    ] = None,
     max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 6 * 1024 * 1024,
     log_level: str = "info",
 ) -> None:
@@ -80,10 +90,23 @@ def up(
         if not path.exists():
             fail(f"--deploy {path}: no such file or folder")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gateway = Gateway(GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or [])))
-    err.print(f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})")
-    config = uvicorn.Config(gateway, host=host, port=port, log_level=log_level, access_log=False,
-                            loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
+    gateway = Gateway(
+        GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or []))
+    )
+    err.print(
+        f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})"
+    )
+    config = uvicorn.Config(
+        gateway,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     server.run()
     if not server.started:
@@ -93,7 +116,9 @@ def up(
 @app.command()
 def deploy(
     path: Annotated[Path, typer.Argument(help="a .py file or a folder (with main.py or a tidal.toml)")],
-    name: Annotated[str | None, typer.Option(help="function name (default: the decorated function's)")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="function name (default: the decorated function's)")
+    ] = None,
     handler: Annotated[str | None, typer.Option(help="Lambda-style handler: NAME or module.NAME")] = None,
     style: Annotated[str | None, typer.Option(help="native | lambda | lambda-http")] = None,
     entry: Annotated[str | None, typer.Option(help="file to run inside a folder (default main.py)")] = None,
@@ -110,11 +135,16 @@ def deploy(
     overrides: dict[str, Any] = {
         key: value
         for key, value in {
-            "memory": memory, "cpu": cpu, "timeout": timeout, "concurrency": concurrency,
-            "min_instances": min_instances, "max_instances": max_instances, "public": public,
+            "memory": memory,
+            "cpu": cpu,
+            "timeout": timeout,
+            "concurrency": concurrency,
+            "min_instances": min_instances,
+            "max_instances": max_instances,
+            "public": public,
         }.items()
         if value is not None
-    }  # fmt: skip
+    }
     if env:
         pairs = [item.partition("=") for item in env]
         if any(not sep for _, sep, _ in pairs):
@@ -138,12 +168,22 @@ def list_functions(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     if as_json:
         out.print_json(data=functions)
         return
-    table = Table("name", "revision", "style", "ready", "starting", "in flight", "memory", "concurrency", "public")
+    table = Table(
+        "name", "revision", "style", "ready", "starting", "in flight", "memory", "concurrency", "public"
+    )
     for item in functions:
         spec, instances = item["spec"], item["instances"]
-        table.add_row(item["name"], item["revision"], item["style"], str(instances["ready"]),
-                      str(instances["starting"]), str(instances["in_flight"]), f"{spec['memory']} MiB",
-                      str(spec["concurrency"]), "yes" if spec["public"] else "no")  # fmt: skip
+        table.add_row(
+            item["name"],
+            item["revision"],
+            item["style"],
+            str(instances["ready"]),
+            str(instances["starting"]),
+            str(instances["in_flight"]),
+            f"{spec['memory']} MiB",
+            str(spec["concurrency"]),
+            "yes" if spec["public"] else "no",
+        )
     out.print(table)
 
 
@@ -155,15 +195,23 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
         out.print_json(data=info)
         return
     instances = info["instances"]
-    out.print(f"[bold]{info['name']}[/bold]  serving {info['revision']}  ({info['style']})  POST {info['url']}")
-    out.print(f"instances: ready {instances['ready']}, starting {instances['starting']}, "
-              f"desired {instances['desired']}, in flight {instances['in_flight']}, "
-              f"starts {instances['starts']}, failed starts {instances['start_failures']}, lost {instances['lost']}")  # fmt: skip
+    out.print(
+        f"[bold]{info['name']}[/bold]  serving {info['revision']}  ({info['style']})  POST {info['url']}"
+    )
+    out.print(
+        f"instances: ready {instances['ready']}, starting {instances['starting']}, "
+        f"desired {instances['desired']}, in flight {instances['in_flight']}, "
+        f"starts {instances['starts']}, failed starts {instances['start_failures']}, lost {instances['lost']}"
+    )
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry")
     for revision in info["revisions"]:
-        table.add_row(revision["id"], _time(revision["created_at"]), revision["code_digest"][:12],
-                      f"{revision['module']}.{revision['attribute']}")  # fmt: skip
+        table.add_row(
+            revision["id"],
+            _time(revision["created_at"]),
+            revision["code_digest"][:12],
+            f"{revision['module']}.{revision['attribute']}",
+        )
     out.print(table)
 
 
@@ -183,13 +231,16 @@ def invoke(
     body = sys.stdin.read() if data == "-" else data
     try:
         with client() as api:
-            response = api.request("POST", f"/fn/{name}", content=body.encode(),
-                                   headers={"content-type": "application/json"})  # fmt: skip
+            response = api.request(
+                "POST", f"/fn/{name}", content=body.encode(), headers={"content-type": "application/json"}
+            )
     except TidalError as exc:
         fail(str(exc))
     sys.stdout.write(response.text + ("\n" if not response.text.endswith("\n") else ""))
-    err.print(f"[dim]activation {response.headers.get('x-tidal-activation')}  revision "
-              f"{response.headers.get('x-tidal-revision')}  cold {response.headers.get('x-tidal-cold-start')}[/dim]")  # fmt: skip
+    err.print(
+        f"[dim]activation {response.headers.get('x-tidal-activation')}  revision "
+        f"{response.headers.get('x-tidal-revision')}  cold {response.headers.get('x-tidal-cold-start')}[/dim]"
+    )
 
 
 @app.command()
@@ -199,13 +250,33 @@ def activations(name: str, limit: int = 20, as_json: Annotated[bool, typer.Optio
     if as_json:
         out.print_json(data=items)
         return
-    table = Table("activation", "start", "revision", "instance", "status", "http", "duration ms", "billed ms",
-                  "cold", "memory", "error")  # fmt: skip
+    table = Table(
+        "activation",
+        "start",
+        "revision",
+        "instance",
+        "status",
+        "http",
+        "duration ms",
+        "billed ms",
+        "cold",
+        "memory",
+        "error",
+    )
     for item in items:
-        table.add_row(item["id"], _time(item["start"]), item["revision"], item["instance"], item["status"],
-                      str(item["http_status"]), f"{item['duration_ms']:.2f}", str(item["billed_ms"]),
-                      "yes" if item["cold"] else "no", f"{item['memory_mb']} MiB",
-                      f"{item['error_type']}: {item['error_message']}" if item["error_type"] else "")  # fmt: skip
+        table.add_row(
+            item["id"],
+            _time(item["start"]),
+            item["revision"],
+            item["instance"],
+            item["status"],
+            str(item["http_status"]),
+            f"{item['duration_ms']:.2f}",
+            str(item["billed_ms"]),
+            "yes" if item["cold"] else "no",
+            f"{item['memory_mb']} MiB",
+            f"{item['error_type']}: {item['error_message']}" if item["error_type"] else "",
+        )
     out.print(table)
 
 
@@ -244,8 +315,13 @@ def keys_list() -> None:
     """List keys (never their secrets)."""
     table = Table("id", "scopes", "created", "revoked", "description")
     for key in call("GET", "/v1/keys")["keys"]:
-        table.add_row(key["id"], ", ".join(key["scopes"]), _time(key["created_at"]),
-                      _time(key["revoked_at"]) if key["revoked_at"] else "", key["description"])  # fmt: skip
+        table.add_row(
+            key["id"],
+            ", ".join(key["scopes"]),
+            _time(key["created_at"]),
+            _time(key["revoked_at"]) if key["revoked_at"] else "",
+            key["description"],
+        )
     out.print(table)
 
 

@@ -68,8 +68,13 @@ class Client:
             bundle = bundle_path(path)
         except ValueError as exc:
             raise TidalError(str(exc)) from None
-        answer = self.json("POST", "/v1/functions", params=params, content=bundle,
-                           headers={"content-type": "application/zip"})  # fmt: skip
+        answer = self.json(
+            "POST",
+            "/v1/functions",
+            params=params,
+            content=bundle,
+            headers={"content-type": "application/zip"},
+        )
         deployed: list[dict[str, Any]] = answer["deployed"]
         return deployed
 

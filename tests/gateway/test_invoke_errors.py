@@ -6,7 +6,7 @@ import httpx
 
 from conftest import TidalServer
 
-FAILING = '''
+FAILING = """
 import tidal
 
 @tidal.function(name="fails_loudly")
@@ -21,7 +21,7 @@ def open_door(payload):
 @tidal.function(name="guarded")
 def guarded(payload):
     return {"guarded": payload}
-'''
+"""
 
 
 def deploy_failing(server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
@@ -37,7 +37,9 @@ def test_unknown_function_is_404(tidal_server: TidalServer) -> None:
 
 def test_malformed_json_is_400(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     deploy_failing(tidal_server, write_module)
-    response = tidal_server.client.post("/fn/guarded", content=b'{"x": [1, 2', headers={"content-type": "application/json"})
+    response = tidal_server.client.post(
+        "/fn/guarded", content=b'{"x": [1, 2', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "BadRequest"
     assert "malformed JSON" in response.json()["error"]["message"]

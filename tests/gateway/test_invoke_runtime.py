@@ -11,7 +11,7 @@ import httpx
 
 from conftest import TidalServer
 
-STREAMING = '''
+STREAMING = """
 import time
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def endless(payload):
 async def words(payload):
     for word in payload["text"].split():
         yield word.encode()
-'''
+"""
 
 
 def test_generator_streams_chunks_as_they_come(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
@@ -63,7 +63,9 @@ def test_server_sent_events(tidal_server: TidalServer, write_module) -> None:  #
     assert raw.content == b"asyncgeneratorsstreambytes"
 
 
-def test_client_disconnect_cancels_the_stream(tidal_server: TidalServer, write_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_client_disconnect_cancels_the_stream(
+    tidal_server: TidalServer, write_module, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     assert tidal_server.deploy(write_module(STREAMING, "streams.py")).returncode == 0
     progress = tmp_path / "progress"
     with tidal_server.client.stream("POST", "/fn/endless", json={"progress": str(progress)}) as response:
@@ -79,7 +81,7 @@ def test_client_disconnect_cancels_the_stream(tidal_server: TidalServer, write_m
     assert record["status"] == "cancelled"
 
 
-SLOW = '''
+SLOW = """
 import os
 import time
 
@@ -97,7 +99,7 @@ def fragile(payload, context):
         os._exit(3)
     time.sleep(payload.get("sleep", 0))
     return {"pid": os.getpid(), "instance": context.instance}
-'''
+"""
 
 
 def test_timeout_is_504(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
@@ -126,7 +128,7 @@ def test_instance_death_gives_502_and_is_replaced(tidal_server: TidalServer, wri
     assert replacement.json()["pid"] != first["pid"]
 
 
-LOGGING = '''
+LOGGING = """
 import time
 
 import tidal
@@ -138,14 +140,18 @@ def chatty(payload, context):
         time.sleep(0.05)
     return {"who": payload["who"], "request_id": context.aws_request_id, "function": context.function_name,
             "memory": context.memory_limit_in_mb, "remaining_ms": context.get_remaining_time_in_millis()}
-'''
+"""
 
 
 def test_logs_are_captured_per_invocation(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     assert tidal_server.deploy(write_module(LOGGING, "chatty.py"), "--memory", "300").returncode == 0
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda who: tidal_server.client.post("/fn/chatty", json={"who": who}),
-                                  ["alice", "bob", "carol", "dave"]))  # fmt: skip
+        responses = list(
+            pool.map(
+                lambda who: tidal_server.client.post("/fn/chatty", json={"who": who}),
+                ["alice", "bob", "carol", "dave"],
+            )
+        )
     for response in responses:
         body = response.json()
         assert body["request_id"] == response.headers["x-tidal-activation"]
@@ -179,10 +185,10 @@ def test_activation_records(tidal_server: TidalServer, write_module) -> None:  #
     assert cold.headers["x-tidal-activation"] in table.stdout
 
 
-LAMBDA = '''
+LAMBDA = """
 def handler(event, context):
     return {"event": event, "name": context.function_name, "id": context.aws_request_id}
-'''
+"""
 
 
 def test_lambda_module_deploys_unmodified(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
@@ -191,16 +197,29 @@ def test_lambda_module_deploys_unmodified(tidal_server: TidalServer, write_modul
     assert result.returncode == 0, result.stderr
     assert "legacy_fn" in result.stdout
     response = tidal_server.client.post("/fn/legacy_fn", json={"records": [1, 2]})
-    assert response.json() == {"event": {"records": [1, 2]}, "name": "legacy_fn",
-                               "id": response.headers["x-tidal-activation"]}  # fmt: skip
+    assert response.json() == {
+        "event": {"records": [1, 2]},
+        "name": "legacy_fn",
+        "id": response.headers["x-tidal-activation"],
+    }
     missing = tidal_server.deploy(path, "--style", "lambda")
     assert missing.returncode == 1
     assert "needs --handler" in missing.stderr
 
 
 def test_curl_style_form_content_type_is_still_json(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
-    assert tidal_server.deploy(write_module(LAMBDA, "formish.py"), "--handler", "handler", "--style", "lambda").returncode == 0
-    response = httpx.post(f"{tidal_server.url}/fn/formish", content=b'{"texts": ["hi"]}',
-                          headers={"authorization": f"Bearer {tidal_server.admin_key}",
-                                   "content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert (
+        tidal_server.deploy(
+            write_module(LAMBDA, "formish.py"), "--handler", "handler", "--style", "lambda"
+        ).returncode
+        == 0
+    )
+    response = httpx.post(
+        f"{tidal_server.url}/fn/formish",
+        content=b'{"texts": ["hi"]}',
+        headers={
+            "authorization": f"Bearer {tidal_server.admin_key}",
+            "content-type": "application/x-www-form-urlencoded",
+        },
+    )
     assert response.json()["event"] == {"texts": ["hi"]}

@@ -79,10 +79,16 @@ class LocalBackend:
         log_path = self.log_dir / f"{instance_id}.log"
         with open(log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                self.python, "-m", "tidal.runtime.worker",
-                env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                pass_fds=(listener.fileno(),), cwd=code_dir,
-            )  # fmt: skip
+                self.python,
+                "-m",
+                "tidal.runtime.worker",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(listener.fileno(),),
+                cwd=code_dir,
+            )
         listener.close()  # the child holds its own copy
         handle = InstanceHandle(
             id=instance_id,
@@ -99,13 +105,17 @@ class LocalBackend:
         watcher.add_done_callback(self._watchers.discard)
         return handle
 
-    async def _watch(self, handle: InstanceHandle, process: asyncio.subprocess.Process, socket_path: Path) -> None:
+    async def _watch(
+        self, handle: InstanceHandle, process: asyncio.subprocess.Process, socket_path: Path
+    ) -> None:
         handle.exit_code = await process.wait()
         self._processes.pop(handle.id, None)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         if handle.exit_code not in (0, -15):
-            log.warning("instance %s exited with code %s (log: %s)", handle.id, handle.exit_code, handle.log_path)
+            log.warning(
+                "instance %s exited with code %s (log: %s)", handle.id, handle.exit_code, handle.log_path
+            )
         for callback in self._callbacks:
             try:
                 result = callback(handle)

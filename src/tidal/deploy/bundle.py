@@ -16,7 +16,16 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-SKIPPED_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".tidal"}
+SKIPPED_DIRS = {
+    "__pycache__",
+    ".git",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".tidal",
+}
 SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 MAX_UNPACKED_BYTES = 2 * 1024**3  # a bundle that inflates past this is refused (zip bomb)
 MAX_FILES = 20_000

@@ -19,7 +19,7 @@ from typing import Any
 
 from tidal.deploy.bundle import BundleError, unpack
 from tidal.router.router import Router
-from tidal.spec import Style, SpecError, default_name, validate_spec
+from tidal.spec import SpecError, Style, default_name, validate_spec
 from tidal.store.models import Revision
 from tidal.store.sqlite import SQLiteStore
 
@@ -49,7 +49,9 @@ class Deployed:
 
 
 class Deployer:
-    def __init__(self, store: SQLiteStore, router: Router, code_root: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self, store: SQLiteStore, router: Router, code_root: Path, python: str = sys.executable
+    ) -> None:
         self.store = store
         self.router = router
         self.code_root = code_root
@@ -130,7 +132,9 @@ def _style(value: str) -> Style:
     try:
         return Style(value)
     except ValueError:
-        raise DeployError(f"unknown style {value!r}; use one of: {', '.join(s.value for s in Style)}") from None
+        raise DeployError(
+            f"unknown style {value!r}; use one of: {', '.join(s.value for s in Style)}"
+        ) from None
 
 
 def _default_entry(names: list[str]) -> str:

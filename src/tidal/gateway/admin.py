@@ -64,7 +64,9 @@ def _route_or_404(platform: Platform, name: str) -> Route:
     return route
 
 
-def describe_function(platform: Platform, route: Route, revisions: list[Revision] | None = None) -> dict[str, Any]:
+def describe_function(
+    platform: Platform, route: Route, revisions: list[Revision] | None = None
+) -> dict[str, Any]:
     pool = route.pool.describe()
     ready, starting = int(pool["ready"]), int(pool["starting"])  # type: ignore[call-overload]
     body: dict[str, Any] = {
@@ -131,11 +133,15 @@ async def deploy(
         raise ApiError(400, "DeployError", str(exc)) from None
     return {
         "deployed": [
-            {"function": item.revision.function, "revision": item.revision.id, "created": item.created,
-             "url": f"/fn/{item.revision.function}"}
+            {
+                "function": item.revision.function,
+                "revision": item.revision.id,
+                "created": item.created,
+                "url": f"/fn/{item.revision.function}",
+            }
             for item in deployed
         ]
-    }  # fmt: skip
+    }
 
 
 @router.delete("/functions/{name}", summary="Remove a function, its revisions and instances")
@@ -190,11 +196,16 @@ async def function_logs(
         raise ApiError(404, "NotFound", f"no activation {activation!r} of {name!r}")
     return {
         "logs": [
-            {"activation": item.id, "start": item.start, "status": item.status, "instance": item.instance,
-             "logs": item.logs}
+            {
+                "activation": item.id,
+                "start": item.start,
+                "status": item.status,
+                "instance": item.instance,
+                "logs": item.logs,
+            }
             for item in activations
         ]
-    }  # fmt: skip
+    }
 
 
 @router.get("/activations/{activation_id}", summary="One activation record")
@@ -225,7 +236,7 @@ def list_instances(platform: Admin) -> dict[str, Any]:
 
 @router.get("/keys", summary="API keys (never the secrets)")
 def list_keys(platform: Admin) -> dict[str, Any]:
-    return {"keys": [_plain(key) for key in platform.store.keys()]}
+    return {"keys": [_plain(key) for key in platform.store.list_keys()]}
 
 
 @router.post("/keys", status_code=201, summary="Create a key; the secret is shown only in this answer")

@@ -37,8 +37,12 @@ def build_admin_app(platform: Platform) -> FastAPI:
         finally:
             await platform.stop()
 
-    app = FastAPI(title="tidal", version=__version__, lifespan=lifespan,
-                  description="Serverless AI inference: invoke functions at POST /fn/{name}; manage them under /v1.")  # fmt: skip
+    app = FastAPI(
+        title="tidal",
+        version=__version__,
+        lifespan=lifespan,
+        description="Serverless AI inference: invoke functions at POST /fn/{name}; manage them under /v1.",
+    )
     app.state.platform = platform
     app.include_router(admin.router)
 
@@ -68,21 +72,41 @@ def build_admin_app(platform: Platform) -> FastAPI:
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document plus the invoke route, which is served outside FastAPI for speed."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        error = {"description": "error", "content": {"application/json": {"example": {
-            "error": {"type": "ValueError", "message": "...", "activation": "9f2c..."}}}}}  # fmt: skip
-        schema["paths"]["/fn/{name}"] = {"post": {
-            "summary": "Invoke a function",
-            "description": "JSON in and out (raw bytes with application/octet-stream). A generator function "
-            "streams chunks (server-sent events with Accept: text/event-stream). Response headers: "
-            "x-tidal-revision, x-tidal-activation, x-tidal-cold-start.",
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"content": {"application/json": {"schema": {}},
-                                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"200": {"description": "the function's return value"},
-                          **{str(code): error for code in (400, 401, 403, 404, 413, 500, 502, 504)}},
-        }}  # fmt: skip
-        schema["paths"]["/healthz"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}}
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        error = {
+            "description": "error",
+            "content": {
+                "application/json": {
+                    "example": {"error": {"type": "ValueError", "message": "...", "activation": "9f2c..."}}
+                }
+            },
+        }
+        schema["paths"]["/fn/{name}"] = {
+            "post": {
+                "summary": "Invoke a function",
+                "description": "JSON in and out (raw bytes with application/octet-stream). A generator function "
+                "streams chunks (server-sent events with Accept: text/event-stream). Response headers: "
+                "x-tidal-revision, x-tidal-activation, x-tidal-cold-start.",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": {}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "responses": {
+                    "200": {"description": "the function's return value"},
+                    **{str(code): error for code in (400, 401, 403, 404, 413, 500, 502, 504)},
+                },
+            }
+        }
+        schema["paths"]["/healthz"] = {
+            "get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}
+        }
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -48,7 +48,12 @@ async def respond(send: Send, status: int, body: bytes, content_type: bytes, hea
 
 
 async def respond_error(
-    send: Send, status: int, error_type: str, message: str, headers: Headers | None = None, activation: str = ""
+    send: Send,
+    status: int,
+    error_type: str,
+    message: str,
+    headers: Headers | None = None,
+    activation: str = "",
 ) -> None:
     error: dict[str, str] = {"type": error_type, "message": message}
     if activation:

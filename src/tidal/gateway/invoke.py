@@ -17,7 +17,6 @@ import msgspec
 
 from tidal.auth.keys import Access
 from tidal.gateway.asgi import (
-
     BodyTooLarge,
     ClientGone,
     Headers,
@@ -72,15 +71,25 @@ class InvokeHandler:
         http_route = route.style == "lambda-http"
         if not http_route and (scope["method"] != "POST" or rest):
             status, allow = (405, [(b"allow", b"POST")]) if not rest else (404, [])
-            return await respond_error(send, status, "MethodNotAllowed" if status == 405 else "NotFound",
-                                       f"invoke {name!r} with POST {PREFIX}{name}", allow)  # fmt: skip
+            return await respond_error(
+                send,
+                status,
+                "MethodNotAllowed" if status == 405 else "NotFound",
+                f"invoke {name!r} with POST {PREFIX}{name}",
+                allow,
+            )
 
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
         if not route.public:
             access, _ = self.keys.check(headers.get("authorization"), "invoke:" + name)
             if access is Access.UNAUTHENTICATED:
-                return await respond_error(send, 401, "Unauthorized", "a valid API key is required "
-                                           "(Authorization: Bearer KEY)", [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                return await respond_error(
+                    send,
+                    401,
+                    "Unauthorized",
+                    "a valid API key is required (Authorization: Bearer KEY)",
+                    [(b"www-authenticate", b"Bearer")],
+                )
             if access is Access.FORBIDDEN:
                 return await respond_error(send, 403, "Forbidden", f"this key may not invoke {name!r}")
 
@@ -99,9 +108,18 @@ class InvokeHandler:
                 return await respond_error(send, 400, "BadRequest", f"malformed JSON body: {exc}")
 
         activation = Activation(
-            id=secrets.token_hex(8), function=name, revision=route.revision.id, instance="", start=received_at,
-            duration_ms=0.0, billed_ms=0, memory_mb=route.memory_mb, cold=False, status="ok", http_status=200,
-        )  # fmt: skip
+            id=secrets.token_hex(8),
+            function=name,
+            revision=route.revision.id,
+            instance="",
+            start=received_at,
+            duration_ms=0.0,
+            billed_ms=0,
+            memory_mb=route.memory_mb,
+            cold=False,
+            status="ok",
+            http_status=200,
+        )
         try:
             await self.call(route, activation, scope, receive, send, headers, body, content_type)
         finally:
@@ -113,16 +131,27 @@ class InvokeHandler:
         return f"the request body exceeds the limit of {self.max_body} bytes"
 
     async def call(
-        self, route: Route, activation: Activation, scope: Scope, receive: Receive, send: Send,
-        headers: dict[str, str], body: bytes, content_type: str,
-    ) -> None:  # fmt: skip
+        self,
+        route: Route,
+        activation: Activation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        body: bytes,
+        content_type: str,
+    ) -> None:
         deadline = activation.start + route.timeout
         try:
             client, cold_ms = await route.pool.acquire(wait_s=route.timeout)
         except StartFailed as exc:
-            return await self.fail(send, activation, 502, exc.error_type, f"the function could not start: {exc.message}")
+            return await self.fail(
+                send, activation, 502, exc.error_type, f"the function could not start: {exc.message}"
+            )
         except TimeoutError:
-            return await self.fail(send, activation, 504, "Timeout", "no instance became ready before the timeout")
+            return await self.fail(
+                send, activation, 504, "Timeout", "no instance became ready before the timeout"
+            )
         activation.cold = cold_ms > 0
         activation.cold_start_ms = cold_ms
         activation.instance = client.id
@@ -135,8 +164,17 @@ class InvokeHandler:
         query = scope.get("query_string", b"").decode("latin-1")
 
         def build(call_id: int) -> Invoke:
-            return Invoke(call_id, activation.id, deadline, body, content_type, forwarded,
-                          scope["method"], scope["path"][len(PREFIX) + len(route.function) :] or "/", query)  # fmt: skip
+            return Invoke(
+                call_id,
+                activation.id,
+                deadline,
+                body,
+                content_type,
+                forwarded,
+                scope["method"],
+                scope["path"][len(PREFIX) + len(route.function) :] or "/",
+                query,
+            )
 
         try:
             call = client.call(build)
@@ -147,13 +185,23 @@ class InvokeHandler:
             # The instance did not even report its own timeout: its event loop is stuck. Replace it.
             client.cancel(call)
             route.pool.replace(client)
-            return await self.fail(send, activation, 504, "Timeout",
-                                   f"the function ran past its timeout of {route.timeout:g} s", tidal_headers)  # fmt: skip
+            return await self.fail(
+                send,
+                activation,
+                504,
+                "Timeout",
+                f"the function ran past its timeout of {route.timeout:g} s",
+                tidal_headers,
+            )
         if isinstance(first, Chunk):
-            return await self.stream(client, call, first, activation, receive, send, headers, tidal_headers, deadline)
+            return await self.stream(
+                client, call, first, activation, receive, send, headers, tidal_headers, deadline
+            )
         self.finish(activation, first)
         if isinstance(first, Result):
-            tidal_headers.extend((key.encode("latin-1"), value.encode("latin-1")) for key, value in first.headers.items())
+            tidal_headers.extend(
+                (key.encode("latin-1"), value.encode("latin-1")) for key, value in first.headers.items()
+            )
             return await respond(send, first.status, first.body, first.content_type.encode(), tidal_headers)
         if isinstance(first, Error):
             status = STATUS_OF_ERROR.get(first.type, 500)
@@ -161,9 +209,14 @@ class InvokeHandler:
             return await respond_error(send, status, first.type, first.message, tidal_headers, activation.id)
 
     async def fail(
-        self, send: Send, activation: Activation, status: int, error_type: str, message: str,
+        self,
+        send: Send,
+        activation: Activation,
+        status: int,
+        error_type: str,
+        message: str,
         headers: Headers | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         activation.status = OUTCOME_OF_STATUS.get(status, "error")
         activation.http_status = status
         activation.error_type, activation.error_message = error_type, message
@@ -187,9 +240,17 @@ class InvokeHandler:
             activation.error_type, activation.error_message = message.error_type, message.error_message
 
     async def stream(
-        self, client: InstanceClient, call: Call, first: Chunk, activation: Activation, receive: Receive,
-        send: Send, headers: dict[str, str], tidal_headers: Headers, deadline: float,
-    ) -> None:  # fmt: skip
+        self,
+        client: InstanceClient,
+        call: Call,
+        first: Chunk,
+        activation: Activation,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        tidal_headers: Headers,
+        deadline: float,
+    ) -> None:
         """Relay chunks as chunked HTTP (or server-sent events); a client that leaves cancels the call."""
         sse = "text/event-stream" in headers.get("accept", "")
         content_type = b"text/event-stream" if sse else b"application/octet-stream"
@@ -199,12 +260,18 @@ class InvokeHandler:
         try:
             frame: Message = first
             while isinstance(frame, Chunk):
-                await send({"type": "http.response.body", "body": _sse(frame.data) if sse else frame.data,
-                            "more_body": True})  # fmt: skip
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": _sse(frame.data) if sse else frame.data,
+                        "more_body": True,
+                    }
+                )
                 next_frame = asyncio.ensure_future(call.next_stream_frame())
                 timeout = max(0.0, deadline - time.time()) + DEADLINE_GRACE_S
-                done, _ = await asyncio.wait({next_frame, disconnected}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                done, _ = await asyncio.wait(
+                    {next_frame, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 if next_frame not in done:
                     next_frame.cancel()
                     client.cancel(call)
@@ -215,8 +282,10 @@ class InvokeHandler:
             self.finish(activation, frame)
             tail = b""
             if isinstance(frame, Error) or (isinstance(frame, End) and frame.error_type):
-                error = {"type": getattr(frame, "type", "") or getattr(frame, "error_type", ""),
-                         "message": getattr(frame, "message", "") or getattr(frame, "error_message", "")}  # fmt: skip
+                error = {
+                    "type": getattr(frame, "type", "") or getattr(frame, "error_type", ""),
+                    "message": getattr(frame, "message", "") or getattr(frame, "error_message", ""),
+                }
                 encoded = msgspec.json.encode({"error": error})
                 tail = b"event: error\ndata: " + encoded + b"\n\n" if sse else b""
             with contextlib.suppress(Exception):
@@ -236,5 +305,3 @@ async def _wait_disconnect(receive: Receive) -> None:
 def _sse(data: bytes) -> bytes:
     lines = data.rstrip(b"\n").split(b"\n")
     return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
-
-

@@ -7,6 +7,7 @@ A request only appends one Struct; a background task writes whatever accumulated
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from tidal.store.models import Activation
@@ -34,10 +35,8 @@ class ActivationRecorder:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import cast
 from collections.abc import Callable
+from typing import cast
 
 from tidal.backends.base import InstanceHandle
 from tidal.runtime.protocol import (
@@ -95,7 +95,9 @@ class InstanceClient(asyncio.Protocol):
         return len(self._calls)
 
     @classmethod
-    async def connect(cls, handle: InstanceHandle, on_lost: Callable[[InstanceClient], None]) -> InstanceClient:
+    async def connect(
+        cls, handle: InstanceHandle, on_lost: Callable[[InstanceClient], None]
+    ) -> InstanceClient:
         kind, _, where = handle.address.partition(":")
         loop = asyncio.get_running_loop()
         if kind == "unix":

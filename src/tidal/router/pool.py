@@ -97,7 +97,9 @@ class RevisionPool:
         if not task.cancelled() and task.exception() is not None:
             self.counters.start_failures += 1
             error = task.exception()
-            failure = error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
+            failure = (
+                error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
+            )
             self._last_failure = (time.monotonic(), failure)
             log.warning("instance of %s failed to start: %s", self.revision.id, failure)
 

@@ -75,4 +75,6 @@ class Router:
     async def close(self) -> None:
         pools = [route.pool for route in self.routes.values()]
         self.routes.clear()
-        await asyncio.gather(*(pool.drain(grace_s=2.0) for pool in pools), *self._retiring, return_exceptions=True)
+        await asyncio.gather(
+            *(pool.drain(grace_s=2.0) for pool in pools), *self._retiring, return_exceptions=True
+        )

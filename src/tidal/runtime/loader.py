@@ -31,7 +31,10 @@ def declared_functions(module: ModuleType) -> list[tuple[str, FunctionDeclaratio
     found = []
     for attribute, value in vars(module).items():
         declaration = getattr(value, DECLARATION_ATTRIBUTE, None)
-        if isinstance(declaration, FunctionDeclaration) and getattr(value, "__module__", None) == module.__name__:
+        if (
+            isinstance(declaration, FunctionDeclaration)
+            and getattr(value, "__module__", None) == module.__name__
+        ):
             found.append((attribute, declaration))
     return found
 

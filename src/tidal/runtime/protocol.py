@@ -30,7 +30,7 @@ class CallStats(msgspec.Struct, frozen=True):
     peak_rss_kb: int  # the instance's peak resident memory so far
 
 
-class Invoke(Frame, tag="invoke"):
+class Invoke(Frame, tag="invoke", frozen=True):
     id: int
     activation: str
     deadline: float  # epoch seconds; the instance answers Error(type="Timeout") past it
@@ -43,22 +43,22 @@ class Invoke(Frame, tag="invoke"):
     query: str = ""
 
 
-class Cancel(Frame, tag="cancel"):
+class Cancel(Frame, tag="cancel", frozen=True):
     id: int
 
 
-class Ready(Frame, tag="ready"):
+class Ready(Frame, tag="ready", frozen=True):
     pid: int
     setup_ms: float  # time spent in the user's setup (model load)
     import_ms: float  # time spent importing the user's module
 
 
-class SetupFailed(Frame, tag="setup_failed"):
+class SetupFailed(Frame, tag="setup_failed", frozen=True):
     type: str
     message: str
 
 
-class Result(Frame, tag="result"):
+class Result(Frame, tag="result", frozen=True):
     id: int
     body: bytes
     stats: CallStats
@@ -68,12 +68,12 @@ class Result(Frame, tag="result"):
     logs: str = ""
 
 
-class Chunk(Frame, tag="chunk"):
+class Chunk(Frame, tag="chunk", frozen=True):
     id: int
     data: bytes
 
 
-class End(Frame, tag="end"):
+class End(Frame, tag="end", frozen=True):
     id: int
     stats: CallStats
     logs: str = ""
@@ -81,7 +81,7 @@ class End(Frame, tag="end"):
     error_message: str = ""
 
 
-class Error(Frame, tag="error"):
+class Error(Frame, tag="error", frozen=True):
     id: int
     type: str  # the exception's class name, or "Timeout" / "Cancelled" / "BadRequest"
     message: str

@@ -110,7 +110,9 @@ class Worker:
         except TimeoutError:
             stop.set()
             message = f"the function ran past its timeout of {self.config.timeout:g} s"
-            self.send(Error(request.id, "Timeout", message, self.stats(started, cpu_box), capture.collected(buffer)))
+            self.send(
+                Error(request.id, "Timeout", message, self.stats(started, cpu_box), capture.collected(buffer))
+            )
         except codec.BadRequest as exc:
             self.send(Error(request.id, "BadRequest", str(exc), self.stats(started, cpu_box)))
         except Exception as exc:
@@ -124,7 +126,12 @@ class Worker:
         return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb)
 
     async def run_call(
-        self, request: Invoke, stop: threading.Event, buffer: io.StringIO, started: float, cpu_box: list[float]
+        self,
+        request: Invoke,
+        stop: threading.Event,
+        buffer: io.StringIO,
+        started: float,
+        cpu_box: list[float],
     ) -> None:
         args = self.arguments(request)
         target = self.target
@@ -149,7 +156,9 @@ class Worker:
             return
         self.answer(request, value, self.stats(started, cpu_box), capture.collected(buffer))
 
-    def call_in_thread(self, request: Invoke, args: tuple[Any, ...], stop: threading.Event, cpu: list[float]) -> Any:
+    def call_in_thread(
+        self, request: Invoke, args: tuple[Any, ...], stop: threading.Event, cpu: list[float]
+    ) -> Any:
         cpu_started = time.thread_time()
         try:
             value = self.target.call(*args)

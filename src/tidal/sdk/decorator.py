@@ -24,7 +24,18 @@ DECLARATION_ATTRIBUTE = "__tidal_function__"
 Target = TypeVar("Target", bound=Callable[..., Any])
 
 SPEC_KEYS = frozenset(
-    {"name", "memory", "cpu", "gpu", "timeout", "concurrency", "min_instances", "max_instances", "env", "public"}
+    {
+        "name",
+        "memory",
+        "cpu",
+        "gpu",
+        "timeout",
+        "concurrency",
+        "min_instances",
+        "max_instances",
+        "env",
+        "public",
+    }
 )
 
 

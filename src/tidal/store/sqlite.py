@@ -69,7 +69,9 @@ CREATE INDEX IF NOT EXISTS activations_by_function ON activations (function, sta
 """
 
 ACTIVATION_FIELDS = Activation.__struct_fields__
-REVISION_COLUMNS = "id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at"
+REVISION_COLUMNS = (
+    "id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at"
+)
 
 
 class SQLiteStore:
@@ -118,11 +120,19 @@ class SQLiteStore:
                 self._db.execute(
                     f"INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        revision.id, revision.function, revision.number, revision.digest,
-                        revision.code_digest, revision.module, revision.attribute, int(revision.is_class),
-                        revision.style, json.dumps(revision.spec), revision.created_at,
+                        revision.id,
+                        revision.function,
+                        revision.number,
+                        revision.digest,
+                        revision.code_digest,
+                        revision.module,
+                        revision.attribute,
+                        int(revision.is_class),
+                        revision.style,
+                        json.dumps(revision.spec),
+                        revision.created_at,
                     ),
-                )  # fmt: skip
+                )
                 self._db.execute("COMMIT")
                 return revision, True
             except BaseException:
@@ -170,8 +180,10 @@ class SQLiteStore:
         )
         return _key(rows[0]) if rows else None
 
-    def keys(self) -> list[KeyRecord]:
-        rows = self._query("SELECT id, scopes, created_at, description, revoked_at FROM keys ORDER BY created_at")
+    def list_keys(self) -> list[KeyRecord]:
+        rows = self._query(
+            "SELECT id, scopes, created_at, description, revoked_at FROM keys ORDER BY created_at"
+        )
         return [_key(row) for row in rows]
 
     def revoke_key(self, key_id: str) -> bool:
@@ -189,11 +201,14 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                f"INSERT OR REPLACE INTO activations ({', '.join(ACTIVATION_FIELDS)}) VALUES ({placeholders})", rows
+                f"INSERT OR REPLACE INTO activations ({', '.join(ACTIVATION_FIELDS)}) VALUES ({placeholders})",
+                rows,
             )
             self._db.execute("COMMIT")
 
-    def activations(self, function: str, limit: int = 50, activation_id: str | None = None) -> list[Activation]:
+    def activations(
+        self, function: str, limit: int = 50, activation_id: str | None = None
+    ) -> list[Activation]:
         columns = ", ".join(ACTIVATION_FIELDS)
         if activation_id is not None:
             rows = self._query(
@@ -201,7 +216,8 @@ class SQLiteStore:
             )
         else:
             rows = self._query(
-                f"SELECT {columns} FROM activations WHERE function = ? ORDER BY start DESC LIMIT ?", (function, limit)
+                f"SELECT {columns} FROM activations WHERE function = ? ORDER BY start DESC LIMIT ?",
+                (function, limit),
             )
         return [Activation(*row) for row in rows]
 
@@ -212,11 +228,22 @@ class SQLiteStore:
 
 
 def _revision(row: tuple[Any, ...]) -> Revision:
-    (rev_id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at) = row
+    (rev_id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at) = (
+        row
+    )
     return Revision(
-        rev_id, function, number, digest, code_digest, module, attribute, bool(is_class), style,
-        json.loads(spec), created_at,
-    )  # fmt: skip
+        rev_id,
+        function,
+        number,
+        digest,
+        code_digest,
+        module,
+        attribute,
+        bool(is_class),
+        style,
+        json.loads(spec),
+        created_at,
+    )
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
