@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import itertools
 import secrets
 import time
 
@@ -45,8 +46,23 @@ NO_STATS = CallStats(0.0, 0.0, 0)
 HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
 
 
+class ActivationIds:
+    """Unique activation ids without a syscall per request: a random per-process prefix + a counter.
+
+    The prefix (5 random bytes) makes ids from different gateway runs and processes distinct.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(5)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):06x}"
+
+
 class InvokeHandler:
     def __init__(self, platform: Platform) -> None:
+        self.activation_ids = ActivationIds()
         self.platform = platform
         self.router = platform.router
         self.keys = platform.keys
@@ -108,7 +124,7 @@ class InvokeHandler:
                 return await respond_error(send, 400, "BadRequest", f"malformed JSON body: {exc}")
 
         activation = Activation(
-            id=secrets.token_hex(8),
+            id=self.activation_ids.next(),
             function=name,
             revision=route.revision.id,
             instance="",
@@ -178,7 +194,7 @@ class InvokeHandler:
 
         try:
             call = client.call(build)
-            first = await asyncio.wait_for(call.first, max(0.0, deadline - time.time()) + DEADLINE_GRACE_S)
+            first = await call.answer(max(0.0, deadline - time.time()) + DEADLINE_GRACE_S)
         except InstanceLost as exc:
             return await self.fail(send, activation, 502, "InstanceLost", str(exc), tidal_headers)
         except TimeoutError:
