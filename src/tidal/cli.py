@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,18 @@ def deploy(
     max_instances: Annotated[int | None, typer.Option(help="most instances")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the instances (repeatable)")] = None,
     public: Annotated[bool | None, typer.Option("--public/--private", help="invoke without a key")] = None,
+    target_concurrency: Annotated[float | None, typer.Option(help="in flight per instance to aim at")] = None,
+    scale_to_zero_after: Annotated[
+        str | None, typer.Option(help="idle time before the last instance goes: 2s, 500ms, 5m")
+    ] = None,
+    scale_down_delay: Annotated[
+        str | None, typer.Option(help="how long demand must stay low to scale down")
+    ] = None,
+    stable_window: Annotated[str | None, typer.Option(help="averaging window of the autoscaler")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="requests held while no instance has room")] = None,
+    load_once: Annotated[
+        bool | None, typer.Option("--load-once/--no-load-once", help="run setup() in the template")
+    ] = None,
 ) -> None:
     """Deploy a function: a new revision when code or spec changed, a no-op otherwise."""
     overrides: dict[str, Any] = {
@@ -142,6 +155,12 @@ def deploy(
             "min_instances": min_instances,
             "max_instances": max_instances,
             "public": public,
+            "target_concurrency": target_concurrency,
+            "max_queue": max_queue,
+            "load_once": load_once,
+            "scale_to_zero_after": seconds(scale_to_zero_after, "--scale-to-zero-after"),
+            "scale_down_delay": seconds(scale_down_delay, "--scale-down-delay"),
+            "stable_window": seconds(stable_window, "--stable-window"),
         }.items()
         if value is not None
     }
@@ -198,10 +217,14 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     out.print(
         f"[bold]{info['name']}[/bold]  serving {info['revision']}  ({info['style']})  POST {info['url']}"
     )
+    panic = "  [red]PANIC MODE[/red]" if instances["panic"] else ""
     out.print(
-        f"instances: ready {instances['ready']}, starting {instances['starting']}, "
-        f"desired {instances['desired']}, in flight {instances['in_flight']}, "
-        f"starts {instances['starts']}, failed starts {instances['start_failures']}, lost {instances['lost']}"
+        f"instances: ready {instances['ready']}, starting {instances['starting']}, desired {instances['desired']}; "
+        f"requests in flight {instances['in_flight']}, queued {instances['queued']}{panic}"
+    )
+    out.print(
+        f"since start: {instances['starts']} starts, {instances['start_failures']} failed, {instances['lost']} lost, "
+        f"{instances['rejected']} requests rejected (queue full)"
     )
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry")
@@ -213,6 +236,17 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
             f"{revision['module']}.{revision['attribute']}",
         )
     out.print(table)
+    if info["events"]:
+        events = Table("scaling event", "revision", "from", "to", "reason")
+        for event in info["events"]:
+            events.add_row(
+                _time(event["at"]),
+                event["revision"],
+                str(event["from_count"]),
+                str(event["to_count"]),
+                event["reason"],
+            )
+        out.print(events)
 
 
 @app.command()
@@ -330,6 +364,21 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key at once."""
     call("DELETE", f"/v1/keys/{key_id}")
     out.print(f"revoked {key_id}")
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def seconds(text: str | None, flag: str) -> float | None:
+    """``2s`` -> 2.0, ``500ms`` -> 0.5, ``5m`` -> 300.0, ``90`` -> 90.0 (seconds)."""
+    if text is None:
+        return None
+    match = DURATION.match(text)
+    if match is None:
+        fail(f"{flag} takes a duration like 2s, 500ms, 5m or 1h, not {text!r}")
+        raise AssertionError  # fail() exits
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
 def _time(epoch: float) -> str:

@@ -40,6 +40,29 @@ class FunctionSpec(BaseModel):
     max_instances: int = Field(10, ge=1, le=1000)
     env: dict[str, str] = Field(default_factory=dict, description="environment of each instance")
     public: bool = Field(False, description="invoke without an API key")
+    # -- elastic scaling (Knative KPA-style; see tidal.autoscale.decider) --
+    target_concurrency: float | None = Field(
+        None,
+        gt=0,
+        description="in-flight requests per instance the autoscaler aims at (default 70% of concurrency)",
+    )
+    stable_window: float = Field(60.0, ge=1, le=3600, description="seconds averaged for scaling decisions")
+    panic_window: float = Field(6.0, ge=1, le=3600, description="short window that triggers panic mode")
+    panic_threshold: float = Field(2.0, gt=1, le=100, description="panic when demand reaches this x capacity")
+    max_scale_up_rate: float = Field(1000.0, gt=1, description="at most this x ready instances per decision")
+    max_scale_down_rate: float = Field(2.0, gt=1, description="at least ready / this instances per decision")
+    scale_down_delay: float = Field(
+        0.0, ge=0, le=3600, description="seconds the demand must stay low to scale down"
+    )
+    scale_to_zero_after: float = Field(
+        60.0, ge=1, le=86400, description="idle seconds before the last instance goes"
+    )
+    max_queue: int = Field(
+        100, ge=0, le=100_000, description="requests held while no instance has room; more get 429"
+    )
+    load_once: bool = Field(
+        False, description="run setup() in the template so instances fork with the model loaded"
+    )
 
     @field_validator("name")
     @classmethod
@@ -65,7 +88,26 @@ class FunctionSpec(BaseModel):
             raise ValueError(
                 f"min_instances ({self.min_instances}) is above max_instances ({self.max_instances})"
             )
+        if self.panic_window > self.stable_window:
+            raise ValueError(
+                f"panic_window ({self.panic_window:g}) is longer than stable_window ({self.stable_window:g})"
+            )
+        if self.target_concurrency is not None and self.target_concurrency > self.concurrency:
+            raise ValueError(
+                f"target_concurrency ({self.target_concurrency:g}) is above concurrency ({self.concurrency})"
+            )
         return self
+
+    @property
+    def target(self) -> float:
+        """In-flight requests per instance the autoscaler aims at: 70% of ``concurrency`` by default.
+
+        >>> FunctionSpec(name="x", concurrency=10).target, FunctionSpec(name="x").target
+        (7.0, 1.0)
+        """
+        if self.target_concurrency is not None:
+            return self.target_concurrency
+        return max(1.0, 0.7 * self.concurrency)
 
 
 class SpecError(ValueError):

@@ -68,26 +68,22 @@ def describe_function(
     platform: Platform, route: Route, revisions: list[Revision] | None = None
 ) -> dict[str, Any]:
     pool = route.pool.describe()
-    ready, starting = int(pool["ready"]), int(pool["starting"])  # type: ignore[call-overload]
     body: dict[str, Any] = {
         "name": route.function,
         "url": f"/fn/{route.function}",
         "revision": route.revision.id,
         "style": route.style,
-        "spec": route.revision.spec,
+        "spec": route.spec.model_dump(),
         "instances": {
-            "ready": ready,
-            "starting": starting,
-            "desired": max(route.pool.min_instances, ready + starting),
-            "in_flight": pool["in_flight"],
-            "list": pool["instances"],
-            "starts": pool["starts"],
-            "start_failures": pool["start_failures"],
-            "lost": pool["lost"],
+            key: pool[key]
+            for key in ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
+                        "start_failures", "lost", "rejected")
         },
-    }
+    }  # fmt: skip
+    body["instances"]["list"] = pool["instances"]
     if revisions is not None:
         body["revisions"] = [_plain(revision) for revision in revisions]
+        body["events"] = platform.store.scaling_events(route.function)
     return body
 
 

@@ -31,6 +31,7 @@ from tidal.gateway.asgi import (
 from tidal.gateway.platform import Platform
 from tidal.metering.billing import billed_ms
 from tidal.router.connection import Call, InstanceClient, InstanceLost, StartFailed
+from tidal.router.pool import QueueFull, RevisionRetired
 from tidal.router.router import Route
 from tidal.runtime.codec import is_raw
 from tidal.runtime.protocol import CallStats, Chunk, End, Error, Invoke, Message, Result
@@ -41,7 +42,7 @@ log = logging.getLogger("tidal.gateway")
 PREFIX = "/fn/"
 DEADLINE_GRACE_S = 2.0  # how long past its deadline an instance may take to say "Timeout" itself
 STATUS_OF_ERROR = {"Timeout": 504, "BadRequest": 400, "InstanceLost": 502, "Cancelled": 499}
-OUTCOME_OF_STATUS = {504: "timeout", 502: "lost", 499: "cancelled"}
+OUTCOME_OF_STATUS = {504: "timeout", 502: "lost", 499: "cancelled", 429: "rejected"}
 NO_STATS = CallStats(0.0, 0.0, 0)
 HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
 
@@ -96,7 +97,7 @@ class InvokeHandler:
             )
 
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
-        if not route.public:
+        if not route.spec.public:
             access, _ = self.keys.check(headers.get("authorization"), "invoke:" + name)
             if access is Access.UNAUTHENTICATED:
                 return await respond_error(
@@ -131,7 +132,7 @@ class InvokeHandler:
             start=received_at,
             duration_ms=0.0,
             billed_ms=0,
-            memory_mb=route.memory_mb,
+            memory_mb=route.spec.memory,
             cold=False,
             status="ok",
             http_status=200,
@@ -157,20 +158,72 @@ class InvokeHandler:
         body: bytes,
         content_type: str,
     ) -> None:
-        deadline = activation.start + route.timeout
+        deadline = activation.start + route.spec.timeout
+        acquired = await self.acquire(route, activation, send, deadline)
+        if acquired is None:
+            return
+        route, client = acquired
         try:
-            client, cold_ms = await route.pool.acquire(wait_s=route.timeout)
-        except StartFailed as exc:
-            return await self.fail(
-                send, activation, 502, exc.error_type, f"the function could not start: {exc.message}"
+            await self.call_instance(
+                route, client, activation, scope, receive, send, headers, body, content_type
             )
-        except TimeoutError:
-            return await self.fail(
-                send, activation, 504, "Timeout", "no instance became ready before the timeout"
-            )
-        activation.cold = cold_ms > 0
-        activation.cold_start_ms = cold_ms
+        finally:
+            route.pool.release(client)
+
+    async def acquire(
+        self, route: Route, activation: Activation, send: Send, deadline: float
+    ) -> tuple[Route, InstanceClient] | None:
+        """An instance for this request (waiting through a cold start), or None once the client got an error."""
+        for _ in range(3):  # a revision retired while we waited hands us to its successor
+            try:
+                client, waited_ms = await route.pool.acquire(wait_s=max(0.0, deadline - time.time()))
+                break
+            except RevisionRetired:
+                successor = self.router.route(route.function)
+                if successor is None:
+                    await self.fail(send, activation, 404, "NotFound", f"{route.function!r} was removed")
+                    return None
+                route = successor
+            except QueueFull as exc:
+                activation.status = "rejected"
+                await self.fail(send, activation, 429, "TooManyRequests", f"{route.function!r} is at capacity: {exc}",
+                                [(b"retry-after", b"1")])  # fmt: skip
+                return None
+            except StartFailed as exc:
+                await self.fail(
+                    send, activation, 502, exc.error_type, f"the function could not start: {exc.message}"
+                )
+                return None
+            except TimeoutError:
+                await self.fail(send, activation, 504, "Timeout", "no instance had room before the function's "
+                                f"timeout of {route.spec.timeout:g} s")  # fmt: skip
+                return None
+        else:
+            await self.fail(send, activation, 503, "Unavailable", "the function is being redeployed; retry")
+            return None
+        activation.revision = route.revision.id
         activation.instance = client.id
+        activation.queue_ms = waited_ms
+        activation.cold = waited_ms > 0 and client.served == 0  # it waited for this new instance
+        if activation.cold and client.ready.done() and not client.ready.exception():
+            ready = client.ready.result()
+            activation.instance_start_ms = client.start_ms
+            activation.import_ms, activation.setup_ms = ready.import_ms, ready.setup_ms
+        return route, client
+
+    async def call_instance(
+        self,
+        route: Route,
+        client: InstanceClient,
+        activation: Activation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        body: bytes,
+        content_type: str,
+    ) -> None:
+        deadline = activation.start + route.spec.timeout
         tidal_headers: Headers = [
             (b"x-tidal-revision", route.revision.id.encode()),
             (b"x-tidal-activation", activation.id.encode()),
@@ -206,7 +259,7 @@ class InvokeHandler:
                 activation,
                 504,
                 "Timeout",
-                f"the function ran past its timeout of {route.timeout:g} s",
+                f"the function ran past its timeout of {route.spec.timeout:g} s",
                 tidal_headers,
             )
         if isinstance(first, Chunk):

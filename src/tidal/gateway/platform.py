@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidal.auth.keys import KeyRing
+from tidal.autoscale.loop import Autoscaler
 from tidal.backends.local import LocalBackend
 from tidal.deploy.bundle import bundle_path
 from tidal.deploy.service import Deployer, DeployOptions
 from tidal.metering.recorder import ActivationRecorder
+from tidal.router.pool import ScalingEvent
 from tidal.router.router import Router
 from tidal.store.sqlite import SQLiteStore
 
@@ -25,6 +28,7 @@ class GatewayConfig:
     max_body_bytes: int = 6 * MiB  # like AWS Lambda's synchronous payload limit
     max_deploy_bytes: int = 512 * MiB
     deploy_paths: list[Path] = field(default_factory=list)
+    autoscale_tick_s: float = 1.0
 
 
 class Platform:
@@ -36,14 +40,17 @@ class Platform:
         self.keys = KeyRing(self.store)
         self.admin_key_path = self.keys.ensure_admin_key_file(state_dir)
         self.backend = LocalBackend(state_dir)
-        self.router = Router(self.backend)
+        self.autoscaler = Autoscaler(lambda: self.router.pools(), config.autoscale_tick_s, self._record_event)
+        self.router = Router(self.backend, on_demand=self.autoscaler.poke)
         self.deployer = Deployer(self.store, self.router, state_dir / "code")
         self.recorder: ActivationRecorder | None = None
+        self._event_writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bring back every function from the store, then deploy the paths given on the command line."""
         self.recorder = ActivationRecorder(self.store)
         self.recorder.start()
+        self.autoscaler.start()
         for revision in self.store.latest_revisions():
             code_dir = self.deployer.code_dir(revision)
             if code_dir.exists():
@@ -56,7 +63,17 @@ class Platform:
                 state = "new revision" if deployed.created else "unchanged"
                 log.info("deployed %s: %s (%s)", path, deployed.revision.id, state)
 
+    def _record_event(self, event: ScalingEvent) -> None:
+        self._event_writes.add(
+            task := asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self.store.add_scaling_event, event.function, event.revision, event.at,
+                                  event.from_count, event.to_count, event.reason)
+            )
+        )  # fmt: skip
+        task.add_done_callback(self._event_writes.discard)
+
     async def stop(self) -> None:
+        await self.autoscaler.close()
         await self.router.close()
         await self.backend.close()
         if self.recorder is not None:

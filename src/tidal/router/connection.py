@@ -100,6 +100,9 @@ class InstanceClient(asyncio.Protocol):
         self.ready: asyncio.Future[Ready] = self._loop.create_future()
         self.lost = False
         self.draining = False
+        self.assigned = 0  # requests the pool routed here and not yet released (routing reads this)
+        self.served = 0  # requests finished: 0 means the next one is this instance's first (cold) call
+        self.start_ms = 0.0  # from asking the backend to the Ready frame
 
     @property
     def id(self) -> str:

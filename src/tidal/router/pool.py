@@ -1,26 +1,53 @@
-"""The instances of one revision: pick the least-loaded ready one, start one when there is none.
+"""The instances of one revision and the requests waiting for them (the activator's queue).
 
-Invariants: ``ready`` holds only connected instances that sent Ready; an instance leaves it the
-moment its connection is lost. At most one start is in flight per pool in this base version
-(the elastic-scaling work replaces ``_want_more`` with the autoscaler's decision).
+Invariants:
+- ``ready`` holds connected instances that sent Ready and are not draining; routing only ever
+  picks from it, and never above an instance's ``concurrency`` (``client.assigned``).
+- A request either gets an instance at once, or waits in ``waiters`` (FIFO, at most
+  ``max_queue``), or is refused with QueueFull. A waiter leaves the queue exactly once: served,
+  timed out, failed (its revision cannot start) or handed back (RevisionRetired).
+- ``meter`` counts every request from acquire to release, queued or in flight: the autoscaler's
+  view of demand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from tidal.backends.base import Backend, InstanceHandle
+from tidal.backends.base import Backend
 from tidal.router.connection import InstanceClient, StartFailed
+from tidal.router.meter import ConcurrencyMeter
+from tidal.spec import FunctionSpec
 from tidal.store.models import Revision
 
 log = logging.getLogger("tidal.router")
 
 START_TIMEOUT_S = 300.0  # a model load may be slow; a start that takes longer is a failure
-RETRY_AFTER_FAILURE_S = 1.0  # a failed start is not retried for every queued request at once
+RETRY_AFTER_FAILURE_S = 1.0  # after a failed start, requests fail fast for this long (no crash loop)
+
+
+class QueueFull(Exception):
+    """The revision's queue holds ``max_queue`` requests already: answer 429."""
+
+
+class RevisionRetired(Exception):
+    """The revision stopped serving while the request waited: route it again."""
+
+
+@dataclass(frozen=True)
+class ScalingEvent:
+    at: float  # epoch seconds
+    function: str
+    revision: str
+    from_count: int
+    to_count: int
+    reason: str
 
 
 @dataclass
@@ -28,83 +55,151 @@ class PoolCounters:
     starts: int = 0
     start_failures: int = 0
     lost: int = 0
+    rejected: int = 0
 
 
 class RevisionPool:
-    def __init__(self, revision: Revision, code_dir: str, backend: Backend) -> None:
+    def __init__(
+        self, revision: Revision, code_dir: str, backend: Backend, spec: FunctionSpec,
+        on_demand: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
         self.revision = revision
         self.code_dir = code_dir
         self.backend = backend
-        spec = revision.spec
-        self.concurrency = int(spec["concurrency"])  # type: ignore[call-overload]
-        self.min_instances = int(spec["min_instances"])  # type: ignore[call-overload]
-        self.max_instances = int(spec["max_instances"])  # type: ignore[call-overload]
+        self.spec = spec
+        self.on_demand = on_demand  # wakes the autoscaler when a request has to wait
         self.ready: list[InstanceClient] = []
         self.starting: set[asyncio.Task[InstanceClient]] = set()
+        self.waiters: collections.deque[asyncio.Future[InstanceClient]] = collections.deque()
+        self.meter = ConcurrencyMeter(time.monotonic())
         self.counters = PoolCounters()
+        self.events: collections.deque[ScalingEvent] = collections.deque(maxlen=50)
+        self.desired = spec.min_instances
+        self.panic = False
         self.closed = False
         self._last_failure: tuple[float, StartFailed] | None = None
+        self._draining: set[asyncio.Task[None]] = set()
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def pick(self) -> InstanceClient | None:
-        """Least outstanding requests among ready instances (ties: the first, i.e. the oldest)."""
+    def _free(self) -> InstanceClient | None:
+        """The ready instance with the fewest requests, if it has room for one more."""
         best: InstanceClient | None = None
         for client in self.ready:
-            if best is None or client.outstanding < best.outstanding:
+            if best is None or client.assigned < best.assigned:
                 best = client
-        if best is not None and best.outstanding >= self.concurrency and self._want_more():
-            self._start_in_background()
-        return best
+        return best if best is not None and best.assigned < self.spec.concurrency else None
 
     async def acquire(self, wait_s: float) -> tuple[InstanceClient, float]:
-        """An instance to send a call to, and how long we waited for a cold start (0 when warm)."""
-        client = self.pick()
+        """An instance with room, and the ms this request waited for one (0 when it had room at once)."""
+        self.meter.change(+1, time.monotonic())
+        client = None if self.waiters else self._free()
         if client is not None:
+            client.assigned += 1
             return client, 0.0
+        try:
+            self._admit()
+        except BaseException:
+            self.meter.change(-1, time.monotonic())
+            raise
         started = time.perf_counter()
-        deadline = started + wait_s
-        while True:
-            if self._last_failure and time.monotonic() - self._last_failure[0] < RETRY_AFTER_FAILURE_S:
-                raise self._last_failure[1]
-            if not self.starting:
-                self._start_in_background()
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TimeoutError("no instance became ready in time")
-            done, _ = await asyncio.wait(set(self.starting), timeout=remaining)
-            client = self.pick()
-            if client is not None:
-                return client, (time.perf_counter() - started) * 1000
-            for task in done:
-                if not task.cancelled() and isinstance(task.exception(), StartFailed):
-                    raise task.exception()  # type: ignore[misc]
-            if self.closed:
-                raise StartFailed("RevisionRetired", "the revision was replaced or removed")
+        waiter: asyncio.Future[InstanceClient] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        if not self.ready and not self.starting:
+            self._start_in_background("a request is waiting and no instance is up")
+        self.on_demand()
+        timer = asyncio.get_running_loop().call_later(wait_s, _expire, waiter)
+        try:
+            client = await waiter
+        except BaseException:
+            self.meter.change(-1, time.monotonic())
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+            raise
+        finally:
+            timer.cancel()
+        return client, (time.perf_counter() - started) * 1000
 
-    # -- starting and losing instances -----------------------------------------------------------
+    def _admit(self) -> None:
+        if self.closed:
+            raise RevisionRetired
+        if len(self.waiters) >= self.spec.max_queue:
+            self.counters.rejected += 1
+            raise QueueFull(
+                f"{len(self.waiters)} requests are already queued (max_queue {self.spec.max_queue})"
+            )
+        failure = self._last_failure
+        if failure and not self.ready and time.monotonic() - failure[0] < RETRY_AFTER_FAILURE_S:
+            raise failure[1]
 
-    def _want_more(self) -> bool:
-        return not self.closed and not self.starting and len(self.ready) < self.max_instances
+    def release(self, client: InstanceClient) -> None:
+        """A request routed to ``client`` is finished (answered, failed or cancelled)."""
+        client.assigned -= 1
+        client.served += 1
+        self.meter.change(-1, time.monotonic())
+        self._dispatch()
 
-    def _start_in_background(self) -> None:
+    def _dispatch(self) -> None:
+        """Hand free instance slots to waiting requests, oldest first."""
+        while self.waiters:
+            client = self._free()
+            if client is None:
+                return
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                client.assigned += 1
+                waiter.set_result(client)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        waiters, self.waiters = self.waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    # -- scaling ---------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Instances up or on their way: what the autoscaler's desired count is compared with."""
+        return len(self.ready) + len(self.starting)
+
+    def scale_to(self, desired: int, reason: str) -> ScalingEvent | None:
+        """Start or drain instances so that ``size`` becomes ``desired``; the event, if it changed."""
+        if self.closed:
+            return None
+        before, self.desired = self.size, desired
+        if desired == before:
+            return None
+        event = ScalingEvent(time.time(), self.revision.function, self.revision.id, before, desired, reason)
+        self.events.append(event)
+        log.info("%s: %d -> %d instances (%s)", self.revision.id, before, desired, reason)
+        for _ in range(desired - before):
+            self._start_in_background(reason)
+        surplus = before - desired
+        for client in sorted(self.ready, key=lambda c: c.assigned)[:surplus]:
+            self._retire(client)
+        return event
+
+    def _start_in_background(self, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(self._start_one())
         self.starting.add(task)
         task.add_done_callback(self._start_finished)
 
     def _start_finished(self, task: asyncio.Task[InstanceClient]) -> None:
         self.starting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.counters.start_failures += 1
-            error = task.exception()
-            failure = (
-                error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
-            )
-            self._last_failure = (time.monotonic(), failure)
-            log.warning("instance of %s failed to start: %s", self.revision.id, failure)
+        if task.cancelled() or task.exception() is None:
+            return
+        self.counters.start_failures += 1
+        error = task.exception()
+        failure = error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
+        self._last_failure = (time.monotonic(), failure)
+        log.warning("instance of %s failed to start: %s", self.revision.id, failure)
+        if not self.ready and not self.starting:
+            self._fail_waiters(failure)
 
     async def _start_one(self) -> InstanceClient:
         self.counters.starts += 1
+        started = time.perf_counter()
         (handle,) = await self.backend.start(self.revision, self.code_dir, 1)
         try:
             client = await InstanceClient.connect(handle, self._lost)
@@ -121,70 +216,86 @@ class RevisionPool:
             client.close()
             await self.backend.stop(handle, grace_s=1.0)
             raise StartFailed("RevisionRetired", "the revision was replaced or removed")
+        client.start_ms = (time.perf_counter() - started) * 1000
         self._last_failure = None
         self.ready.append(client)
+        self._dispatch()
         return client
 
     def _lost(self, client: InstanceClient) -> None:
         if client in self.ready:
             self.ready.remove(client)
             self.counters.lost += 1
-            if not client.draining:
-                log.warning("instance %s was lost; it will be replaced on demand", client.id)
-        self.ensure_min_instances()
+            log.warning("instance %s was lost; replacing it", client.id)
+        if not self.closed and self.size < max(self.desired, 1 if self.waiters else 0):
+            self._start_in_background(f"replacing lost instance {client.id}")
 
-    def ensure_min_instances(self) -> None:
-        """Keep ``min_instances`` warm (at start-up, and when one dies)."""
-        if self.closed:
-            return
-        missing = self.min_instances - len(self.ready) - len(self.starting)
-        for _ in range(max(0, missing)):
-            self._start_in_background()
+    def _retire(self, client: InstanceClient) -> None:
+        """Take ``client`` out of routing; stop it once the requests it holds are answered."""
+        client.draining = True
+        if client in self.ready:
+            self.ready.remove(client)
+        task = asyncio.get_running_loop().create_task(self._drain_and_stop(client, self.spec.timeout))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain_and_stop(self, client: InstanceClient, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        while client.assigned > 0 and not client.lost and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        client.close()
+        await self.backend.stop(client.handle, grace_s=2.0)
 
     def replace(self, client: InstanceClient) -> None:
-        """Take a misbehaving instance (it ignored its deadline) out of service and stop it."""
+        """Take a misbehaving instance (it ignored its deadline) out of service and stop it now."""
         client.draining = True
         if client in self.ready:
             self.ready.remove(client)
         asyncio.get_running_loop().create_task(self.backend.stop(client.handle, grace_s=1.0))
-        self.ensure_min_instances()
+        if self.size < self.desired or self.waiters:
+            self._start_in_background(f"replacing stuck instance {client.id}")
 
-    # -- retiring the revision -----------------------------------------------------------------------
+    # -- retiring the revision ---------------------------------------------------------------------
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking calls, let in-flight calls finish (up to ``grace_s``), then stop every instance."""
+        """Stop taking calls, hand queued requests back, let in-flight calls finish, stop everything."""
         self.closed = True
+        self._fail_waiters(RevisionRetired())
         for task in list(self.starting):
             task.cancel()
         clients = list(self.ready)
-        deadline = time.monotonic() + grace_s
-        while any(client.outstanding for client in clients) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for client in clients:
-            client.draining = True
         self.ready.clear()
-        handles: list[InstanceHandle] = [client.handle for client in clients]
-        for client in clients:
-            client.close()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*(self.backend.stop(handle, grace_s=2.0) for handle in handles))
+        await asyncio.gather(*(self._drain_and_stop(client, grace_s) for client in clients), *self._draining,
+                             return_exceptions=True)  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         return {
             "revision": self.revision.id,
             "ready": len(self.ready),
             "starting": len(self.starting),
-            "in_flight": sum(client.outstanding for client in self.ready),
+            "desired": self.desired,
+            "in_flight": sum(client.assigned for client in self.ready),
+            "queued": len(self.waiters),
+            "panic": self.panic,
             "instances": [
                 {
                     "id": client.id,
                     "address": client.handle.address,
                     "pid": client.handle.pid,
                     "started_at": client.handle.started_at,
-                    "in_flight": client.outstanding,
+                    "start_ms": round(client.start_ms, 2),
+                    "in_flight": client.assigned,
+                    "served": client.served,
                     "log": client.handle.log_path,
+                    "extra": client.handle.extra,
                 }
                 for client in self.ready
             ],
+            "events": [vars(event) for event in list(self.events)[-10:]],
             **vars(self.counters),
         }
+
+
+def _expire(waiter: asyncio.Future[InstanceClient]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tidal.backends.base import Backend
 from tidal.router.pool import RevisionPool
+from tidal.spec import FunctionSpec, validate_spec
 from tidal.store.models import Revision
 
 log = logging.getLogger("tidal.router")
@@ -23,18 +25,21 @@ class Route:
 
     function: str
     revision: Revision
+    spec: FunctionSpec
     pool: RevisionPool
-    public: bool
-    timeout: float
-    memory_mb: int
     style: str
 
 
 class Router:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, on_demand: Callable[[], None] = lambda: None) -> None:
         self.backend = backend
+        self.on_demand = on_demand  # the autoscaler's poke
         self.routes: dict[str, Route] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def pools(self) -> list[RevisionPool]:
+        """The pools serving traffic now (retiring ones drain on their own)."""
+        return [route.pool for route in self.routes.values()]
 
     def route(self, function: str) -> Route | None:
         return self.routes.get(function)
@@ -44,19 +49,18 @@ class Router:
         current = self.routes.get(revision.function)
         if current is not None and current.revision.id == revision.id:
             return current
-        spec = revision.spec
-        pool = RevisionPool(revision, code_dir, self.backend)
+        spec = validate_spec(dict(revision.spec))  # stored specs predate newer fields: defaults fill in
+        pool = RevisionPool(revision, code_dir, self.backend, spec, self.on_demand)
         route = Route(
-            function=revision.function,
-            revision=revision,
-            pool=pool,
-            public=bool(spec.get("public", False)),
-            timeout=float(spec["timeout"]),  # type: ignore[arg-type]
-            memory_mb=int(spec["memory"]),  # type: ignore[call-overload]
-            style=revision.style,
+            function=revision.function, revision=revision, spec=spec, pool=pool, style=revision.style
         )
         self.routes[revision.function] = route
-        pool.ensure_min_instances()
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is not None:  # warm the template now, so the first cold start is a fork
+            task = asyncio.get_running_loop().create_task(prepare(revision, code_dir))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        pool.scale_to(spec.min_instances, "min_instances")
         if current is not None:
             self._retire(current)
         return route
@@ -68,13 +72,13 @@ class Router:
         return route is not None
 
     def _retire(self, route: Route) -> None:
-        task = asyncio.get_running_loop().create_task(route.pool.drain(grace_s=route.timeout))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        task = asyncio.get_running_loop().create_task(route.pool.drain(grace_s=route.spec.timeout))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         pools = [route.pool for route in self.routes.values()]
         self.routes.clear()
         await asyncio.gather(
-            *(pool.drain(grace_s=2.0) for pool in pools), *self._retiring, return_exceptions=True
+            *(pool.drain(grace_s=2.0) for pool in pools), *self._background, return_exceptions=True
         )

@@ -35,6 +35,7 @@ SPEC_KEYS = frozenset(
         "max_instances",
         "env",
         "public",
+        "load_once",
     }
 )
 

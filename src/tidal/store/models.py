@@ -47,5 +47,11 @@ class Activation(msgspec.Struct):
     error_message: str = ""
     cpu_ms: float = 0.0
     peak_rss_kb: int = 0
-    cold_start_ms: float = 0.0  # time waiting for a new instance to become ready
+    # Where the time went. queue_ms: waiting for an instance with room (a cold start, or all busy).
+    # For a cold start also the new instance's start (backend start to Ready), of which import_ms
+    # went to importing the module and setup_ms to setup() (the model load).
+    queue_ms: float = 0.0
+    instance_start_ms: float = 0.0
+    import_ms: float = 0.0
+    setup_ms: float = 0.0
     logs: str = ""

@@ -62,10 +62,22 @@ CREATE TABLE IF NOT EXISTS activations (
     error_message TEXT NOT NULL,
     cpu_ms REAL NOT NULL,
     peak_rss_kb INTEGER NOT NULL,
-    cold_start_ms REAL NOT NULL,
+    queue_ms REAL NOT NULL,
+    instance_start_ms REAL NOT NULL,
+    import_ms REAL NOT NULL,
+    setup_ms REAL NOT NULL,
     logs TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS activations_by_function ON activations (function, start);
+CREATE TABLE IF NOT EXISTS scaling_events (
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    at REAL NOT NULL,
+    from_count INTEGER NOT NULL,
+    to_count INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scaling_events_by_function ON scaling_events (function, at);
 """
 
 ACTIVATION_FIELDS = Activation.__struct_fields__
@@ -220,6 +232,24 @@ class SQLiteStore:
                 (function, limit),
             )
         return [Activation(*row) for row in rows]
+
+    def add_scaling_event(self, function: str, revision: str, at: float, from_count: int, to_count: int,
+                          reason: str) -> None:  # fmt: skip
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO scaling_events (function, revision, at, from_count, to_count, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (function, revision, at, from_count, to_count, reason),
+            )
+
+    def scaling_events(self, function: str, limit: int = 20) -> list[dict[str, object]]:
+        rows = self._query(
+            "SELECT revision, at, from_count, to_count, reason FROM scaling_events WHERE function = ? "
+            "ORDER BY at DESC LIMIT ?",
+            (function, limit),
+        )
+        keys = ("revision", "at", "from_count", "to_count", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def activation(self, activation_id: str) -> Activation | None:
         columns = ", ".join(ACTIVATION_FIELDS)

@@ -1,0 +1,84 @@
+"""The autoscaler loop: every tick, sample each serving pool, ask the pure decider, apply.
+
+A request that has to wait pokes the loop so it decides at once instead of at the next tick (the
+activator's signal). Each pool is handled in its own try/except: one failing function never stops
+the scaling of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidal.autoscale.decider import DeciderState, Sample, decide
+from tidal.router.pool import RevisionPool, ScalingEvent
+
+log = logging.getLogger("tidal.autoscale")
+
+
+@dataclass
+class PoolHistory:
+    samples: deque[Sample] = field(default_factory=deque)
+    state: DeciderState = field(default_factory=DeciderState)
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        pools: Callable[[], list[RevisionPool]],
+        tick_s: float = 1.0,
+        on_event: Callable[[ScalingEvent], None] = lambda _: None,
+    ) -> None:
+        self.pools = pools
+        self.tick_s = tick_s
+        self.on_event = on_event
+        self._history: dict[str, PoolHistory] = {}
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self.tick_s)
+            self._poked.clear()
+            self.step(time.monotonic())
+
+    def step(self, now: float) -> None:
+        pools = self.pools()
+        for pool in pools:
+            try:
+                self._step_pool(pool, now)
+            except Exception:
+                log.exception("autoscaling %s failed; the others go on", pool.revision.id)
+        live = {pool.revision.id for pool in pools}
+        for revision in list(self._history):
+            if revision not in live:
+                del self._history[revision]
+
+    def _step_pool(self, pool: RevisionPool, now: float) -> None:
+        history = self._history.setdefault(pool.revision.id, PoolHistory())
+        history.samples.append((now, pool.meter.take(now)))
+        while history.samples and history.samples[0][0] <= now - pool.spec.stable_window:
+            history.samples.popleft()
+        decision, history.state = decide(now, history.samples, pool.size, pool.spec, history.state)
+        pool.panic = decision.panic
+        event = pool.scale_to(decision.desired, decision.reason)
+        if event is not None:
+            self.on_event(event)
