@@ -1,0 +1,102 @@
+"""RevisionPool with real instance processes: draining on scale-down, queue order, retirement."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tidal.backends.local import LocalBackend
+from tidal.router.pool import QueueFull, RevisionPool, RevisionRetired
+from tidal.runtime.protocol import Invoke, Result
+from tidal.spec import validate_spec
+from tidal.store.models import Revision
+
+MODULE = """
+import time
+
+import tidal
+
+@tidal.function(name="nap")
+def nap(payload):
+    time.sleep(payload)
+    return payload
+"""
+
+
+def revision(code_dir: Path, **spec: object) -> Revision:
+    full = validate_spec({"name": "nap", **spec}).model_dump()
+    return Revision("nap-00001", "nap", 1, "d", "c", "nap", "nap", False, "native", full, time.time())
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "nap.py").write_text(MODULE)
+    return folder
+
+
+async def call(pool: RevisionPool, seconds: float) -> float:
+    client, _ = await pool.acquire(wait_s=30)
+    try:
+        body = str(seconds).encode()
+        sent = client.call(lambda call_id: Invoke(call_id, "a", time.time() + 30, body))
+        answer = await sent.answer(30)
+        assert isinstance(answer, Result)
+        return float(answer.body)
+    finally:
+        pool.release(client)
+
+
+async def test_scale_down_drains_the_requests_an_instance_holds(tmp_path: Path, code_dir: Path) -> None:
+    backend = LocalBackend(tmp_path / "state")
+    spec = validate_spec(revision(code_dir).spec)
+    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    try:
+        running = asyncio.create_task(call(pool, 1.0))
+        while not pool.ready or pool.ready[0].assigned == 0:
+            await asyncio.sleep(0.01)
+        client = pool.ready[0]
+        pool.scale_to(0, "test: scale down while busy")
+        assert pool.ready == [] and client.draining
+        assert await running == 1.0, "the request held by the instance being removed was answered"
+        for _ in range(200):
+            if not backend.instances():
+                break
+            await asyncio.sleep(0.02)
+        assert backend.instances() == [], "the drained instance was stopped afterwards"
+    finally:
+        await pool.drain(1.0)
+        await backend.close()
+
+
+async def test_queue_bound_and_fifo_and_retirement(tmp_path: Path, code_dir: Path) -> None:
+    backend = LocalBackend(tmp_path / "state")
+    spec = validate_spec({**revision(code_dir).spec, "max_queue": 2})
+    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    try:
+        first = asyncio.create_task(call(pool, 0.3))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(call(pool, 0.0))
+        await asyncio.sleep(0)
+        assert len(pool.waiters) == 2
+        with pytest.raises(QueueFull):
+            await pool.acquire(wait_s=5)
+        assert pool.counters.rejected == 1
+        assert await first == 0.3 and await second == 0.0
+        # A retired pool hands its queue back so the gateway can route to the successor.
+        busy = asyncio.create_task(call(pool, 0.5))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(pool.acquire(wait_s=5))
+        await asyncio.sleep(0.05)
+        drained = asyncio.create_task(pool.drain(5.0))
+        with pytest.raises(RevisionRetired):
+            await queued
+        assert await busy == 0.5
+        await drained
+    finally:
+        await pool.drain(1.0)
+        await backend.close()
