@@ -51,6 +51,17 @@ class Backend(Protocol):
         """Stop an instance: polite first, forceful after ``grace_s``."""
         ...
 
+    async def prepare(self, revision: Revision, code_dir: str) -> None:
+        """Get ready to start instances of ``revision`` fast (the local backend warms a template).
+
+        Returns at once; the work goes on in the background. A backend with nothing to warm does nothing.
+        """
+        ...
+
+    async def release(self, revision: Revision, code_dir: str) -> None:
+        """``revision`` will start no more instances (it was retired): drop what ``prepare`` warmed."""
+        ...
+
     def instances(self, revision: str | None = None) -> list[InstanceHandle]:
         """Instances this backend is running (of one revision, or all)."""
         ...

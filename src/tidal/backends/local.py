@@ -1,9 +1,20 @@
-"""Local backend: each instance is its own OS process on this host.
+"""Local backend: each instance is its own OS process on this host, forked from a warm template.
 
-The backend binds a listening Unix socket, hands it to the child as an inherited fd, and returns
-at once; the router connects immediately (the kernel queues the connection until the child
-accepts), so readiness is a Ready frame, not polling. The child dies with the gateway
-(PR_SET_PDEATHSIG) and also exits when its connection closes.
+The backend binds a listening Unix socket for each instance and returns at once; the router
+connects immediately (the kernel queues the connection until the instance accepts), so readiness
+is a Ready frame, not polling.
+
+An instance is started one of two ways (``InstanceHandle.extra["started_via"]``):
+- "template": forked by the revision's template (``tidal.runtime.template``), a warm process that
+  already imported the module, and with ``load_once`` also ran ``setup()``; the listening socket
+  travels to it over its control socket. A cold start is then a fork: milliseconds.
+- "spawn": a fresh ``python -m tidal.runtime.worker`` that imports and sets up on its own. Used
+  when templates are off (``TIDAL_TEMPLATES=0``, ``use_templates=False``) or the template cannot
+  be had (its import failed, it crashed, the fork failed); the reason is logged.
+
+A template is started on first use, or ahead of it by ``prepare()``, and replaced when it dies.
+Spawned instances die with the gateway (PR_SET_PDEATHSIG); every instance also exits when its
+gateway connection closes, which is what ends forked ones (they do not die with their template).
 """
 
 from __future__ import annotations
@@ -14,35 +25,172 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from tidal.backends.base import Capacity, ExitCallback, InstanceHandle
+from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
+from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
 from tidal.store.models import Revision
 
 log = logging.getLogger("tidal.backends.local")
 
+TEMPLATE_READY_TIMEOUT_S = 300.0  # like a start: a model load may be slow
+TEMPLATE_RETRY_S = 60.0  # a template that failed to come up is not retried sooner (spawn meanwhile)
+STOP_AFTER_KILL_S = 10.0
+
+
+def templates_enabled_by_env() -> bool:
+    return os.environ.get("TIDAL_TEMPLATES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _log_ready(key: TemplateKey, ready: asyncio.Future[TemplateReady]) -> None:
+    if not ready.cancelled() and ready.exception() is None:
+        info = ready.result()
+        log.info(
+            "template %s for %s%s ready: import %.0f ms, setup %.0f ms, %d thread(s)",
+            info.pid,
+            key.module,
+            f".{key.attribute} (load_once)" if key.load_once else "",
+            info.import_ms,
+            info.setup_ms,
+            info.threads,
+        )
+
+
+@dataclass
+class _Running:
+    handle: InstanceHandle
+    socket_path: Path
+    exited: asyncio.Future[int | None]  # its exit code (-N: killed by signal N; None: unknown)
+    process: asyncio.subprocess.Process | None = None  # spawned: our child
+
+
+@dataclass
+class _Failure:
+    at: float
+    reason: str
+    warned: bool = False
+
 
 class LocalBackend:
     name = "local"
 
-    def __init__(self, state_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, state_dir: Path, python: str = sys.executable, use_templates: bool = True) -> None:
         self.python = python
+        self.use_templates = use_templates and templates_enabled_by_env()
         self.log_dir = state_dir / "logs" / "instances"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.template_log_dir = state_dir / "logs" / "templates"
+        self.template_log_dir.mkdir(parents=True, exist_ok=True)
         # Unix socket paths are limited to ~107 bytes: keep them short, in a per-state-dir temp folder.
         tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
         self.socket_dir = Path(tempfile.gettempdir()) / f"tidal-{tag}"
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-        self._processes: dict[str, tuple[InstanceHandle, asyncio.subprocess.Process]] = {}
+        self._running: dict[str, _Running] = {}
         self._callbacks: list[ExitCallback] = []
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[Any]] = set()
+        self._templates: dict[TemplateKey, TemplateProcess] = {}
+        self._template_users: dict[TemplateKey, set[str]] = {}  # revision ids that asked for one
+        self._failures: dict[TemplateKey, _Failure] = {}
+        self._closed = False
+
+    # -- templates --------------------------------------------------------------------------------
+
+    async def prepare(self, revision: Revision, code_dir: str) -> None:
+        """Start the revision's template in the background, so its first cold start is a fork."""
+        if not self.use_templates or self._closed:
+            return
+        key = TemplateKey.of(revision, code_dir)
+        self._template_users.setdefault(key, set()).add(revision.id)
+        if key not in self._templates and not self._recently_failed(key):
+            with contextlib.suppress(TemplateUnavailable):
+                await self._launch_template(key)
+
+    async def release(self, revision: Revision, code_dir: str) -> None:
+        """The revision is retired: stop its template unless another live revision shares it."""
+        key = TemplateKey.of(revision, code_dir)
+        users = self._template_users.get(key, set())
+        users.discard(revision.id)
+        if users:
+            return
+        self._template_users.pop(key, None)
+        template = self._templates.pop(key, None)
+        if template is not None:
+            await template.close()
+
+    def templates(self) -> list[dict[str, object]]:
+        """What each live template is: pid, state, module, import/setup ms, forks, live instances."""
+        return [template.info() for template in self._templates.values()]
+
+    def _recently_failed(self, key: TemplateKey) -> bool:
+        failure = self._failures.get(key)
+        return failure is not None and time.monotonic() - failure.at < TEMPLATE_RETRY_S
+
+    async def _launch_template(self, key: TemplateKey) -> TemplateProcess:
+        name = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+        log_path = self.template_log_dir / f"{Path(key.code_dir).name[:16]}-{key.module}-{name}.log"
+        template = TemplateProcess(key, self.python, log_path, self._template_died)
+        self._templates[key] = template
+        template.ready.add_done_callback(lambda ready: _log_ready(key, ready))
+        try:
+            await template.launch()
+        except OSError as exc:
+            self._templates.pop(key, None)
+            self._template_failed(key, f"could not start the template: {exc}")
+            raise TemplateUnavailable(str(exc)) from None
+        return template
+
+    async def _template(self, revision: Revision, code_dir: str) -> TemplateProcess:
+        """The revision's ready template (started now if need be), or TemplateUnavailable."""
+        key = TemplateKey.of(revision, code_dir)
+        self._template_users.setdefault(key, set()).add(revision.id)
+        template = self._templates.get(key)
+        if template is None:
+            failure = self._failures.get(key)
+            if failure is not None and self._recently_failed(key):
+                raise TemplateUnavailable(failure.reason)
+            template = await self._launch_template(key)
+        try:
+            await template.wait_ready(TEMPLATE_READY_TIMEOUT_S)
+        except TemplateUnavailable as exc:
+            self._template_failed(key, str(exc))
+            raise
+        self._failures.pop(key, None)
+        return template
+
+    def _template_failed(self, key: TemplateKey, reason: str) -> None:
+        if key not in self._failures or self._failures[key].reason != reason:
+            log.warning("template for %s (%s) failed: %s", key.module, key.code_dir, reason)
+        self._failures[key] = _Failure(time.monotonic(), reason)
+
+    def _template_died(self, template: TemplateProcess) -> None:
+        if self._templates.get(template.key) is template:
+            del self._templates[template.key]
+        if template.closing or self._closed:
+            return
+        if template.ready.done() and not template.ready.exception():
+            log.warning(
+                "template %s for %s exited with code %s; the next start builds a new one (log: %s)",
+                template.pid,
+                template.key.module,
+                template.exit_code,
+                template.log_path,
+            )
+        else:
+            reason = str(template.ready.exception())
+            self._template_failed(template.key, reason)
+
+    # -- instances --------------------------------------------------------------------------------
 
     async def start(self, revision: Revision, code_dir: str, count: int = 1) -> list[InstanceHandle]:
         return [await self._start_one(revision, code_dir) for _ in range(count)]
@@ -51,11 +199,6 @@ class LocalBackend:
         spec = revision.spec
         instance_id = f"{revision.id}-{secrets.token_hex(3)}"
         socket_path = self.socket_dir / f"{instance_id}.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        listener.bind(str(socket_path))
-        listener.listen(8)
         config = InstanceConfig(
             instance_id=instance_id,
             function=revision.function,
@@ -69,6 +212,75 @@ class LocalBackend:
             concurrency=int(spec["concurrency"]),  # type: ignore[call-overload]
             memory_mb=int(spec["memory"]),  # type: ignore[call-overload]
         )
+        handle = InstanceHandle(
+            id=instance_id,
+            revision=revision.id,
+            address=f"unix:{socket_path}",
+            capacity=Capacity(cpu=float(spec["cpu"]), memory_mb=int(spec["memory"]), gpu=int(spec["gpu"])),  # type: ignore[arg-type, call-overload]
+            started_at=time.time(),
+            log_path=str(self.log_dir / f"{instance_id}.log"),
+        )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            listener.bind(str(socket_path))
+            listener.listen(8)
+            running = None
+            if self.use_templates:
+                running = await self._fork(revision, code_dir, config, listener, handle, socket_path)
+            if running is None:
+                running = await self._spawn(spec, config, listener, handle, socket_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            raise
+        finally:
+            listener.close()  # the instance holds its own copy
+        self._running[instance_id] = running
+        watcher = asyncio.create_task(self._watch(running))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return handle
+
+    async def _fork(
+        self,
+        revision: Revision,
+        code_dir: str,
+        config: InstanceConfig,
+        listener: socket.socket,
+        handle: InstanceHandle,
+        socket_path: Path,
+    ) -> _Running | None:
+        try:
+            template = await self._template(revision, code_dir)
+            pid, fork_ms, exited = await template.fork(
+                config,
+                listener,
+                handle.log_path or "/dev/null",
+                float(revision.spec["cpu"]),  # type: ignore[arg-type]
+            )
+        except TemplateUnavailable as exc:
+            failure = self._failures.get(TemplateKey.of(revision, code_dir))
+            quiet = failure is not None and failure.warned  # one warning per template failure
+            if failure is not None:
+                failure.warned = True
+            level = logging.DEBUG if quiet else logging.WARNING
+            log.log(level, "instance of %s starts as a fresh process: %s", revision.id, exc)
+            handle.extra["template_error"] = str(exc)[:500]
+            return None
+        handle.pid = pid
+        handle.extra.update(started_via="template", fork_ms=f"{fork_ms:.2f}", template_pid=str(template.pid))
+        return _Running(handle, socket_path, exited)
+
+    async def _spawn(
+        self,
+        spec: dict[str, object],
+        config: InstanceConfig,
+        listener: socket.socket,
+        handle: InstanceHandle,
+        socket_path: Path,
+    ) -> _Running:
         env = {
             **os.environ,
             **{str(key): str(value) for key, value in dict(spec.get("env") or {}).items()},  # type: ignore[call-overload]
@@ -76,8 +288,9 @@ class LocalBackend:
             "TIDAL_LISTEN_FD": str(listener.fileno()),
             "PYTHONUNBUFFERED": "1",
         }
-        log_path = self.log_dir / f"{instance_id}.log"
-        with open(log_path, "ab") as log_file:
+        started = time.perf_counter()
+        assert handle.log_path is not None
+        with open(handle.log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 self.python,
                 "-m",
@@ -87,32 +300,29 @@ class LocalBackend:
                 stdout=log_file,
                 stderr=log_file,
                 pass_fds=(listener.fileno(),),
-                cwd=code_dir,
+                cwd=config.code_dir,
             )
-        listener.close()  # the child holds its own copy
-        handle = InstanceHandle(
-            id=instance_id,
-            revision=revision.id,
-            address=f"unix:{socket_path}",
-            capacity=Capacity(cpu=float(spec["cpu"]), memory_mb=int(spec["memory"]), gpu=int(spec["gpu"])),  # type: ignore[arg-type, call-overload]
-            started_at=time.time(),
-            pid=process.pid,
-            log_path=str(log_path),
-        )
-        self._processes[instance_id] = (handle, process)
-        watcher = asyncio.create_task(self._watch(handle, process, socket_path))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
-        return handle
+        handle.pid = process.pid
+        handle.extra.update(started_via="spawn", spawn_ms=f"{(time.perf_counter() - started) * 1000:.2f}")
+        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
-    async def _watch(
-        self, handle: InstanceHandle, process: asyncio.subprocess.Process, socket_path: Path
-    ) -> None:
-        handle.exit_code = await process.wait()
-        self._processes.pop(handle.id, None)
+        def reaped(task: asyncio.Task[int]) -> None:
+            self._watchers.discard(task)
+            if not exited.done():
+                exited.set_result(None if task.cancelled() else task.result())
+
+        waiter = asyncio.create_task(process.wait())
+        self._watchers.add(waiter)
+        waiter.add_done_callback(reaped)
+        return _Running(handle, socket_path, exited, process)
+
+    async def _watch(self, running: _Running) -> None:
+        handle = running.handle
+        handle.exit_code = await running.exited
+        self._running.pop(handle.id, None)
         with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        if handle.exit_code not in (0, -15):
+            running.socket_path.unlink()
+        if handle.exit_code not in (0, -15, None):
             log.warning(
                 "instance %s exited with code %s (log: %s)", handle.id, handle.exit_code, handle.log_path
             )
@@ -124,27 +334,38 @@ class LocalBackend:
             except Exception:
                 log.exception("exit callback failed for %s", handle.id)
 
-    async def stop(self, instance: InstanceHandle, grace_s: float = 5.0) -> None:
-        entry = self._processes.get(instance.id)
-        if entry is None:
+    def _signal(self, running: _Running, signum: int) -> None:
+        if running.exited.done():
             return
-        _, process = entry
         with contextlib.suppress(ProcessLookupError):
-            process.terminate()
+            if running.process is not None:
+                running.process.send_signal(signum)
+            elif running.handle.pid is not None:
+                os.kill(running.handle.pid, signum)
+
+    async def stop(self, instance: InstanceHandle, grace_s: float = 5.0) -> None:
+        running = self._running.get(instance.id)
+        if running is None:
+            return
+        self._signal(running, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace_s)
+            await asyncio.wait_for(asyncio.shield(running.exited), grace_s)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            self._signal(running, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running.exited), STOP_AFTER_KILL_S)
 
     def instances(self, revision: str | None = None) -> list[InstanceHandle]:
-        return [handle for handle, _ in self._processes.values() if revision in (None, handle.revision)]
+        return [r.handle for r in self._running.values() if revision in (None, r.handle.revision)]
 
     def on_exit(self, callback: ExitCallback) -> None:
         self._callbacks.append(callback)
 
     async def close(self) -> None:
+        self._closed = True
         await asyncio.gather(*(self.stop(handle, grace_s=2.0) for handle in self.instances()))
+        templates = list(self._templates.values())
+        self._templates.clear()
+        await asyncio.gather(*(template.close() for template in templates), return_exceptions=True)
         for watcher in list(self._watchers):
             watcher.cancel()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from tidal.backends.base import Backend
 from tidal.router.pool import RevisionPool
@@ -55,11 +56,7 @@ class Router:
             function=revision.function, revision=revision, spec=spec, pool=pool, style=revision.style
         )
         self.routes[revision.function] = route
-        prepare = getattr(self.backend, "prepare", None)
-        if prepare is not None:  # warm the template now, so the first cold start is a fork
-            task = asyncio.get_running_loop().create_task(prepare(revision, code_dir))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._in_background(self.backend.prepare(revision, code_dir))  # warm template: cold starts fork
         pool.scale_to(spec.min_instances, "min_instances")
         if current is not None:
             self._retire(current)
@@ -72,7 +69,14 @@ class Router:
         return route is not None
 
     def _retire(self, route: Route) -> None:
-        task = asyncio.get_running_loop().create_task(route.pool.drain(grace_s=route.spec.timeout))
+        self._in_background(self._drain_and_release(route))
+
+    async def _drain_and_release(self, route: Route) -> None:
+        await route.pool.drain(grace_s=route.spec.timeout)
+        await self.backend.release(route.revision, route.pool.code_dir)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

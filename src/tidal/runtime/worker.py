@@ -2,8 +2,9 @@
 
 Started by a backend as ``python -m tidal.runtime.worker`` with its configuration (JSON) in the
 environment variable TIDAL_INSTANCE and an already-listening socket inherited as fd
-TIDAL_LISTEN_FD. The gateway connects at once (the kernel's backlog holds the connection) and
-receives Ready when setup is done, so no one polls for readiness.
+TIDAL_LISTEN_FD, or forked from a warm template (``tidal.runtime.template``), which calls ``run``
+with the same two things. The gateway connects at once (the kernel's backlog holds the
+connection) and receives Ready when setup is done, so no one polls for readiness.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import msgspec
 
@@ -45,6 +46,9 @@ from tidal.runtime.protocol import (
     encode,
 )
 from tidal.sdk.context import Context
+
+# An instance whose gateway never connects (it died, or gave up on the start) does not linger.
+ACCEPT_TIMEOUT_S = 120.0
 
 
 class InstanceConfig(msgspec.Struct, frozen=True):
@@ -243,15 +247,28 @@ def load(config: InstanceConfig) -> tuple[Target, Callable[[], None], float]:
     return target, setup, (time.perf_counter() - started) * 1000
 
 
-async def serve(config: InstanceConfig, listener: socket.socket) -> None:
+async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Target | None = None) -> None:
+    """Accept the gateway's connection, load (unless ``preloaded``: set up in a template), serve it.
+
+    Returns when the gateway closes the connection (or never connects within ACCEPT_TIMEOUT_S):
+    an instance never outlives the gateway's interest in it, whoever its parent process is.
+    """
     loop = asyncio.get_running_loop()
-    connection, _ = await loop.sock_accept(listener)
-    listener.close()
     try:
-        target, setup, import_ms = load(config)
-        setup_started = time.perf_counter()
-        setup()
-        setup_ms = (time.perf_counter() - setup_started) * 1000
+        connection, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
+    except TimeoutError:
+        print(f"tidal: no gateway connected within {ACCEPT_TIMEOUT_S:g} s; exiting", file=sys.stderr)
+        return
+    finally:
+        listener.close()
+    try:
+        if preloaded is not None:  # forked from a template that already imported and set it up
+            target, import_ms, setup_ms = preloaded, 0.0, 0.0
+        else:
+            target, setup, import_ms = load(config)
+            setup_started = time.perf_counter()
+            setup()
+            setup_ms = (time.perf_counter() - setup_started) * 1000
     except BaseException as exc:
         traceback.print_exc()
         connection.setblocking(True)
@@ -264,20 +281,25 @@ async def serve(config: InstanceConfig, listener: socket.socket) -> None:
     await worker.closed  # the gateway closed the connection: this instance is done
 
 
-def main() -> None:
-    die_with_parent()
-    config = msgspec.json.decode(os.environ.pop("TIDAL_INSTANCE"), type=InstanceConfig)
-    listener = socket.socket(fileno=int(os.environ.pop("TIDAL_LISTEN_FD")))
+def run(config: InstanceConfig, listener: socket.socket, preloaded: Target | None = None) -> NoReturn:
+    """The rest of an instance's life, from a fresh process or a template's forked child; never returns."""
     listener.setblocking(False)
     os.environ.update({"TIDAL_FUNCTION": config.function, "TIDAL_REVISION": config.revision})
     capture.install()
     try:
         import uvloop
 
-        uvloop.run(serve(config, listener))
+        uvloop.run(serve(config, listener, preloaded))
     except ImportError:
-        asyncio.run(serve(config, listener))
+        asyncio.run(serve(config, listener, preloaded))
     os._exit(0)  # do not wait on user threads that may still be running
+
+
+def main() -> None:
+    die_with_parent()
+    config = msgspec.json.decode(os.environ.pop("TIDAL_INSTANCE"), type=InstanceConfig)
+    listener = socket.socket(fileno=int(os.environ.pop("TIDAL_LISTEN_FD")))
+    run(config, listener)
 
 
 if __name__ == "__main__":
