@@ -6,7 +6,9 @@ Everything here talks to 127.0.0.1 only, and every wait is bounded in time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import http.client
 import importlib.util
 import inspect
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,6 +82,34 @@ def http_request(
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def http_call(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """Like ``http_request``, with the response headers (lower-cased names)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so that ``finally`` blocks stop the servers."""
+
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 # ------------------------------------------------------------------------------------------- servers
@@ -421,3 +452,392 @@ def json_equal(data: bytes, expected: Any) -> bool:
         return bool(json.loads(data) == expected)
     except ValueError:
         return False
+
+
+def summarize_ms(values: Sequence[float]) -> dict[str, float | int]:
+    """Count, p50/p95/p99, min and max of a list of milliseconds (just the count when empty)."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
+
+
+def write_json(path: Path | None, results: Mapping[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"results written to {path}")
+
+
+def proc_rss_kb(pid: int) -> int | None:
+    """VmRSS of a process in KiB (from /proc), None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------- a tidal gateway, for benches
+
+
+def tidal_bin() -> str:
+    beside = Path(sys.executable).parent / "tidal"
+    found = str(beside) if beside.exists() else shutil.which("tidal")
+    if found is None:
+        raise ServerError("no `tidal` executable beside this Python or on PATH (pip install -e .)")
+    return found
+
+
+@dataclass
+class Tidal:
+    """A ``tidal up`` run by a benchmark in a temporary state dir, plus the admin calls benches need."""
+
+    server: Server
+    state: Path
+    key: str = ""
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def pid(self) -> int:
+        assert self.server.proc is not None
+        return self.server.proc.pid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        name: str = "tidal",
+        env: Mapping[str, str] | None = None,
+        log_level: str = "warning",
+    ) -> Tidal:
+        port = free_port()
+        state = workdir / f"{name}-state"
+        cmd = [tidal_bin(), "up", "--host", HOST, "--port", str(port), "--state-dir", str(state)]
+        server = Server(
+            name=name,
+            cmd=[*cmd, "--log-level", log_level],
+            port=port,
+            log_path=workdir / f"{name}.log",
+            env={**os.environ, **(env or {})},
+        )
+        tidal = cls(server, state)
+        try:
+            server.start()
+            server.wait_http("/healthz", timeout=90.0)
+            deadline = time.monotonic() + 30.0
+            key_file = state / "admin.key"
+            while not tidal.key:
+                server.check_alive()
+                if time.monotonic() > deadline:
+                    raise ServerError(f"{key_file} did not appear within 30s")
+                if key_file.is_file():
+                    tidal.key = key_file.read_text().strip()
+                time.sleep(0.05)
+        except BaseException:
+            server.stop()
+            raise
+        return tidal
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the gateway alone first (it stops its instances and templates itself), then sweep
+        its process group; signalling the whole group at once makes it see instances die and
+        replace them while it shuts down."""
+        proc = self.server.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        self.server.stop()
+        # The local backend's socket folder (/tmp/tidal-<hash of the state dir>) outlives the
+        # gateway, empty; a benchmark's state dir is temporary, so remove the folder if empty.
+        tag = hashlib.sha256(str(self.state.resolve()).encode()).hexdigest()[:10]
+        with contextlib.suppress(OSError):
+            (Path(tempfile.gettempdir()) / f"tidal-{tag}").rmdir()
+
+    def deploy(self, path: Path, *flags: str, timeout: float = 180.0) -> str:
+        """``tidal deploy PATH FLAGS...`` against this gateway; its output, or ServerError."""
+        env = {**os.environ, "TIDAL_URL": f"http://{HOST}:{self.port}", "TIDAL_API_KEY": self.key}
+        done = subprocess.run(
+            [tidal_bin(), "deploy", str(path), *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"tidal deploy {path} {' '.join(flags)}: {done.stderr.strip() or done.stdout}")
+        return done.stdout.strip()
+
+    def get_json(self, path: str, timeout: float = 10.0) -> Any:
+        status, body = http_request(self.port, "GET", path, headers=self.headers, timeout=timeout)
+        if status != 200:
+            raise ServerError(f"GET {path}: HTTP {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def instances(self, function: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get_json(f"/v1/functions/{function}")["instances"])
+
+    def wait_idle(self, function: str, timeout: float) -> float:
+        """Poll until ``function`` has no instance ready or starting; seconds waited, or ServerError."""
+        start = time.monotonic()
+        while True:
+            self.server.check_alive()
+            inst = self.instances(function)
+            if inst["ready"] == 0 and inst["starting"] == 0:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise ServerError(f"{function}: still {inst['ready']} ready, {inst['starting']} starting")
+            time.sleep(0.1)
+
+    def activation(self, activation_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The activation record (written in batches: polled until it appears), None if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = http_request(
+                self.port, "GET", f"/v1/activations/{activation_id}", headers=self.headers
+            )
+            if status == 200:
+                return cast(dict[str, Any], json.loads(body))
+            time.sleep(0.1)
+        return None
+
+
+# --------------------------------------------------------------------- open-loop asyncio HTTP client
+
+
+@dataclass
+class Reply:
+    status: int  # 0: no HTTP answer (see error)
+    headers: dict[str, str]
+    body: bytes
+    error: str = ""
+
+
+class HttpPool:
+    """A small asyncio HTTP/1.1 client for 127.0.0.1:port, far cheaper per request than httpx.
+
+    Keep-alive connections are reused; a request that finds none idle opens a new one (at most
+    ``limit`` at once), so an open-loop sender never waits on an earlier answer. Responses with a
+    Content-Length, chunked ones, and close-delimited ones are read.
+    """
+
+    IDLE_S = 3.0
+
+    def __init__(self, port: int, headers: Mapping[str, str], limit: int = 1024) -> None:
+        self.port = port
+        self.head_extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.idle: list[tuple[Any, Any, float]] = []  # reader, writer, idle since
+        self.slots = asyncio.Semaphore(limit)
+        self.opened = 0
+        self.stale = 0  # reused connections found closed by the server (the request was resent)
+
+    async def request(self, method: str, path: str, body: bytes = b"", timeout: float = 60.0) -> Reply:
+        async with self.slots:
+            deadline = time.monotonic() + timeout
+            for attempt in range(2):
+                conn: tuple[Any, Any] | None = self._take_idle() if attempt == 0 else None
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), timeout)
+                        self.opened += 1
+                    assert conn is not None
+                    left = max(0.001, deadline - time.monotonic())
+                    reply, keep = await asyncio.wait_for(self._exchange(conn, method, path, body), left)
+                except (OSError, EOFError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                    if conn is not None:
+                        conn[1].close()
+                    stale = isinstance(exc, ConnectionError) or (
+                        isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                    )
+                    if (
+                        reused and stale
+                    ):  # the server closed an idle keep-alive connection: nothing was served
+                        self.stale += 1
+                        continue
+                    return Reply(0, {}, b"", type(exc).__name__)
+                except asyncio.CancelledError:
+                    if conn is not None:
+                        conn[1].close()
+                    raise
+                assert conn is not None
+                if keep:
+                    self.idle.append((conn[0], conn[1], time.monotonic()))
+                else:
+                    conn[1].close()
+                return reply
+            return Reply(0, {}, b"", "unreachable")
+
+    def _take_idle(self) -> tuple[Any, Any] | None:
+        """The most recently used idle connection; ones idle past ``IDLE_S`` are closed instead
+        (uvicorn drops keep-alive connections idle for 5 s)."""
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.IDLE_S:
+                return reader, writer
+            writer.close()
+        return None
+
+    async def _exchange(
+        self, conn: tuple[Any, Any], method: str, path: str, body: bytes
+    ) -> tuple[Reply, bool]:
+        reader, writer = conn
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n{self.head_extra}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        keep = headers.get("connection", "").lower() != "close"
+        if "content-length" in headers:
+            data = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")  # the empty trailer
+            data = b"".join(parts)
+        else:
+            data, keep = await reader.read(), False
+        return Reply(status, headers, data), keep
+
+    async def get_json(self, path: str, timeout: float = 10.0) -> Any:
+        reply = await self.request("GET", path, timeout=timeout)
+        if reply.status != 200:
+            raise ServerError(f"GET {path}: {reply.status or reply.error} {reply.body[:200]!r}")
+        return json.loads(reply.body)
+
+    def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+@dataclass
+class Shot:
+    """One request of an open-loop run."""
+
+    index: int
+    at: float  # scheduled, seconds from the start
+    lag_ms: float = 0.0  # how late the client sent it
+    latency_ms: float = 0.0
+    status: int = -1  # -1: never answered before the drain limit; 0: client-side error
+    cold: bool = False
+    error: str = ""
+
+
+async def open_loop(
+    pool: HttpPool,
+    path: str,
+    schedule: Sequence[float],
+    body_of: Callable[[int], bytes],
+    *,
+    timeout: float,
+    drain_s: float,
+) -> list[Shot]:
+    """Send request i at ``schedule[i]`` seconds from now whatever came back before; then wait up
+    to ``drain_s`` seconds for the stragglers (cancelled past that, status -1)."""
+    clock = time.perf_counter  # not loop.time(): uvloop's clock ticks in whole milliseconds
+    shots = [Shot(i, at) for i, at in enumerate(schedule)]
+    bodies = [body_of(i) for i in range(len(schedule))]
+
+    async def fire(shot: Shot) -> None:
+        sent = clock()
+        shot.lag_ms = (sent - t0 - shot.at) * 1e3
+        reply = await pool.request("POST", path, bodies[shot.index], timeout=timeout)
+        shot.latency_ms = (clock() - sent) * 1e3
+        shot.status, shot.error = reply.status, reply.error
+        shot.cold = reply.headers.get("x-tidal-cold-start") == "1"
+
+    tasks: list[asyncio.Task[None]] = []
+    t0 = clock()
+    for shot in shots:
+        delay = t0 + shot.at - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(shot)))
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=drain_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return shots
+
+
+def status_counts(shots: Sequence[Shot]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in shots:
+        key = str(s.status) if s.status > 0 else ("unanswered" if s.status < 0 else f"error:{s.error}")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (cheaper per request on 2 cores), else the default loop."""
+    try:
+        import uvloop
+
+        return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def cpu_sample() -> tuple[int, int, int] | None:
+    """(total, idle + iowait, steal) jiffies of all CPUs from /proc/stat; None where unreadable."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), fields[3] + fields[4], steal
+
+
+def cpu_usage(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None) -> dict[str, float]:
+    """Busy and steal percentages of the machine between two ``cpu_sample()``s (empty if unknown)."""
+    if before is None or after is None or after[0] <= before[0]:
+        return {}
+    total = after[0] - before[0]
+    return {
+        "busy_pct": 100.0 * (total - (after[1] - before[1])) / total,
+        "steal_pct": 100.0 * (after[2] - before[2]) / total,
+    }
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (from /proc/PID/stat), None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

