@@ -37,6 +37,9 @@ test: setup lint typecheck
 bench: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/warm_path.py
+	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/burst.py
+	$(BIN)/python bench/overload.py
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage*
