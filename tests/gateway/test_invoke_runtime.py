@@ -124,8 +124,9 @@ def test_instance_death_gives_502_and_is_replaced(tidal_server: TidalServer, wri
     assert all(answer.json()["error"]["type"] == "InstanceLost" for answer in answers)
     replacement = tidal_server.client.post("/fn/fragile", json={})
     assert replacement.status_code == 200
-    assert replacement.headers["x-tidal-cold-start"] == "1"
     assert replacement.json()["pid"] != first["pid"]
+    assert replacement.json()["instance"] != first["instance"]
+    assert tidal_server.client.get("/v1/functions/fragile").json()["instances"]["lost"] == 1
 
 
 LOGGING = """

@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 
 from tidal.backends.base import Capacity, ExitCallback, InstanceHandle
+from tidal.backends.spawn import spawn_module
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
@@ -292,18 +293,9 @@ class LocalBackend:
         }
         started = time.perf_counter()
         assert handle.log_path is not None
-        with open(handle.log_path, "ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                self.python,
-                "-m",
-                "tidal.runtime.worker",
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                pass_fds=(listener.fileno(),),
-                cwd=config.code_dir,
-            )
+        process = await spawn_module(
+            self.python, "tidal.runtime.worker", env, handle.log_path, listener.fileno(), config.code_dir
+        )
         handle.pid = process.pid
         handle.extra.update(started_via="spawn", spawn_ms=f"{(time.perf_counter() - started) * 1000:.2f}")
         exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()

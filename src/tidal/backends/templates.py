@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from tidal.backends.spawn import spawn_module
 from tidal.runtime.template import (
     MAX_MESSAGE,
     PINNED_ENV,
@@ -127,18 +128,9 @@ class TemplateProcess:
             }
         )
         try:
-            with open(self.log_path, "ab") as log_file:
-                self.process = await asyncio.create_subprocess_exec(
-                    self.python,
-                    "-m",
-                    "tidal.runtime.template",
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    pass_fds=(theirs.fileno(),),
-                    cwd=key.code_dir,
-                )
+            self.process = await spawn_module(
+                self.python, "tidal.runtime.template", env, self.log_path, theirs.fileno(), key.code_dir
+            )
         except BaseException as exc:
             ours.close()
             if not self.ready.done():

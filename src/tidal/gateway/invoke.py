@@ -13,6 +13,7 @@ import itertools
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 
 import msgspec
 
@@ -59,6 +60,20 @@ class ActivationIds:
 
     def next(self) -> str:
         return f"{self._prefix}{next(self._counter):06x}"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One invocation as it goes through the handler: the ASGI request and its activation record."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    headers: dict[str, str]
+    body: bytes
+    content_type: str
+    activation: Activation
+    deadline: float  # epoch seconds: received + the function's timeout
 
 
 class InvokeHandler:
@@ -137,8 +152,10 @@ class InvokeHandler:
             status="ok",
             http_status=200,
         )
+        exchange = Exchange(scope, receive, send, headers, body, content_type, activation,
+                            received_at + route.spec.timeout)  # fmt: skip
         try:
-            await self.call(route, activation, scope, receive, send, headers, body, content_type)
+            await self.call(route, exchange)
         finally:
             activation.duration_ms = (time.time() - received_at) * 1000
             if self.platform.recorder is not None:
@@ -147,26 +164,13 @@ class InvokeHandler:
     def _too_large(self) -> str:
         return f"the request body exceeds the limit of {self.max_body} bytes"
 
-    async def call(
-        self,
-        route: Route,
-        activation: Activation,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[str, str],
-        body: bytes,
-        content_type: str,
-    ) -> None:
-        deadline = activation.start + route.spec.timeout
-        acquired = await self.acquire(route, activation, send, deadline)
+    async def call(self, route: Route, exchange: Exchange) -> None:
+        acquired = await self.acquire(route, exchange.activation, exchange.send, exchange.deadline)
         if acquired is None:
             return
         route, client = acquired
         try:
-            await self.call_instance(
-                route, client, activation, scope, receive, send, headers, body, content_type
-            )
+            await self.call_instance(route, client, exchange)
         finally:
             route.pool.release(client)
 
@@ -211,25 +215,19 @@ class InvokeHandler:
             activation.import_ms, activation.setup_ms = ready.import_ms, ready.setup_ms
         return route, client
 
-    async def call_instance(
-        self,
-        route: Route,
-        client: InstanceClient,
-        activation: Activation,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[str, str],
-        body: bytes,
-        content_type: str,
-    ) -> None:
-        deadline = activation.start + route.spec.timeout
+    async def call_instance(self, route: Route, client: InstanceClient, exchange: Exchange) -> None:
+        activation, send, scope, deadline = (
+            exchange.activation,
+            exchange.send,
+            exchange.scope,
+            exchange.deadline,
+        )
         tidal_headers: Headers = [
             (b"x-tidal-revision", route.revision.id.encode()),
             (b"x-tidal-activation", activation.id.encode()),
             (b"x-tidal-cold-start", b"1" if activation.cold else b"0"),
         ]
-        forwarded = {key: value for key, value in headers.items() if key not in HIDDEN_HEADERS}
+        forwarded = {key: value for key, value in exchange.headers.items() if key not in HIDDEN_HEADERS}
         query = scope.get("query_string", b"").decode("latin-1")
 
         def build(call_id: int) -> Invoke:
@@ -237,8 +235,8 @@ class InvokeHandler:
                 call_id,
                 activation.id,
                 deadline,
-                body,
-                content_type,
+                exchange.body,
+                exchange.content_type,
                 forwarded,
                 scope["method"],
                 scope["path"][len(PREFIX) + len(route.function) :] or "/",
@@ -263,9 +261,7 @@ class InvokeHandler:
                 tidal_headers,
             )
         if isinstance(first, Chunk):
-            return await self.stream(
-                client, call, first, activation, receive, send, headers, tidal_headers, deadline
-            )
+            return await self.stream(client, call, first, exchange, tidal_headers)
         self.finish(activation, first)
         if isinstance(first, Result):
             tidal_headers.extend(
@@ -309,23 +305,15 @@ class InvokeHandler:
             activation.error_type, activation.error_message = message.error_type, message.error_message
 
     async def stream(
-        self,
-        client: InstanceClient,
-        call: Call,
-        first: Chunk,
-        activation: Activation,
-        receive: Receive,
-        send: Send,
-        headers: dict[str, str],
-        tidal_headers: Headers,
-        deadline: float,
+        self, client: InstanceClient, call: Call, first: Chunk, exchange: Exchange, tidal_headers: Headers
     ) -> None:
         """Relay chunks as chunked HTTP (or server-sent events); a client that leaves cancels the call."""
-        sse = "text/event-stream" in headers.get("accept", "")
+        activation, send, deadline = exchange.activation, exchange.send, exchange.deadline
+        sse = "text/event-stream" in exchange.headers.get("accept", "")
         content_type = b"text/event-stream" if sse else b"application/octet-stream"
         tidal_headers += [(b"content-type", content_type), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": tidal_headers})
-        disconnected = asyncio.ensure_future(_wait_disconnect(receive))
+        disconnected = asyncio.ensure_future(_wait_disconnect(exchange.receive))
         try:
             frame: Message = first
             while isinstance(frame, Chunk):

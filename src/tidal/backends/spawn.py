@@ -1,0 +1,17 @@
+"""Starting a tidal Python module as a child process (instances that cannot fork, and templates)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+
+async def spawn_module(
+    python: str, module: str, env: dict[str, str], log_path: str | Path, inherited_fd: int, cwd: str
+) -> asyncio.subprocess.Process:
+    """``python -m module`` with stdout/stderr appended to ``log_path`` and one fd handed down."""
+    with open(log_path, "ab") as log_file:
+        return await asyncio.create_subprocess_exec(
+            python, "-m", module, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            pass_fds=(inherited_fd,), cwd=cwd,
+        )  # fmt: skip
