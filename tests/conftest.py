@@ -32,6 +32,7 @@ class TidalServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    cwd: Path | None = None  # where `tidal up` runs; state_dir may then be relative to it
 
     @property
     def url(self) -> str:
@@ -39,7 +40,7 @@ class TidalServer:
 
     @property
     def admin_key(self) -> str:
-        return (self.state_dir / "admin.key").read_text().strip()
+        return ((self.cwd or Path.cwd()) / self.state_dir / "admin.key").read_text().strip()
 
     @property
     def client(self) -> httpx.Client:
@@ -50,10 +51,12 @@ class TidalServer:
         return self._client
 
     def start(self, *extra: str, wait_s: float = 60.0) -> TidalServer:
-        self.log_path = self.state_dir.parent / f"tidal-up-{self.port}.log"
+        self.log_path = (self.cwd or Path.cwd()) / self.state_dir.parent / f"tidal-up-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
         command = [TIDAL, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *extra]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=cli_env())
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=self.cwd
+        )
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+from pathlib import Path
 
 import httpx
 
@@ -164,3 +165,16 @@ def test_restart_brings_every_function_back(fresh_server: TidalServer, write_mod
     assert response.headers["x-tidal-revision"] == "survivor-00001"
     activations = fresh_server.client.get("/v1/functions/survivor/activations").json()["activations"]
     assert len(activations) == 2, "the activation from before the restart was kept"
+
+
+def test_relative_state_dir_as_make_run_uses(tmp_path, write_module) -> None:  # type: ignore[no-untyped-def]
+    """`make run` passes `--state-dir .tidal`: instances (forked in their code folder) must still work."""
+    server = TidalServer(Path(".tidal"), cwd=tmp_path)
+    try:
+        server.start("--deploy", str(write_module(VERSION_ONE.replace('"greeter"', '"relative"'))))
+        response = server.client.post("/fn/relative", json={"name": "cwd"})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"greeting": "hello cwd"}
+        assert (tmp_path / ".tidal" / "tidal.db").exists()
+    finally:
+        server.stop()

@@ -33,6 +33,8 @@ class GatewayConfig:
 
 class Platform:
     def __init__(self, config: GatewayConfig) -> None:
+        # Absolute from here on: instances and templates run with their code folder as cwd.
+        config.state_dir = config.state_dir.resolve()
         self.config = config
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
