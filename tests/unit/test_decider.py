@@ -114,3 +114,15 @@ def test_bounds_win() -> None:
 def test_first_request_to_zero_instances_wants_one() -> None:
     decision, _ = decide(1.0, [(1.0, 1.0)], 0, spec(), DeciderState())
     assert decision.desired == 1
+
+
+def test_ramp_is_followed_step_by_step_without_panic() -> None:
+    clock = Clock(spec(concurrency=10, scale_to_zero_after=600))  # target 7 per instance
+    clock.run(10, in_flight=7)
+    wishes = []
+    for level in range(1, 41):  # +0.5 in flight a second: a slow ramp from 7.5 to 27
+        wishes.append(clock.run(1, in_flight=7 + level * 0.5).desired)
+    assert wishes == sorted(wishes), "a rising load never scales down"
+    assert not any(decision.panic for decision in clock.decisions)
+    assert wishes[-1] == 3  # the 60 s average lags the ramp: about 14.8 in flight / 7
+    assert clock.run(60, in_flight=27).desired == 4  # ceil(27 / 7) once the window holds only the top
