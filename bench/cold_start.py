@@ -53,7 +53,7 @@ FUNCTIONS: dict[str, tuple[Path, list[str], Any]] = {
     "echo": (EXAMPLES / "echo.py", [], {"hello": "world"}),
     "embed": (EXAMPLES / "embed", [], TEXTS),
     "embed_torch": (EXAMPLES / "embed_torch", [], TEXTS),
-    "embed_torch_setup_per_instance": (
+    "embed_torch_per_instance": (
         EXAMPLES / "embed_torch",
         ["--name", "embed_torch_per_instance", "--no-load-once"],
         TEXTS,
@@ -221,7 +221,7 @@ RATIOS: dict[str, tuple[str, str, str | None]] = {
     "echo_vs_spawn": ("echo", "spawn", "< 1"),
     "embed_vs_onnx": ("embed", "onnx", None),
     "embed_torch_vs_torch": ("embed_torch", "torch", "<= 0.05"),
-    "embed_torch_setup_per_instance_vs_torch": ("embed_torch_setup_per_instance", "torch", None),
+    "embed_torch_per_instance_vs_torch": ("embed_torch_per_instance", "torch", None),
 }
 
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         results["baselines"]["spawn"] = baseline("python -c pass", "pass", 10)
         if "embed" in args.functions:
             results["baselines"]["onnx"] = baseline("onnx", ONNX_BASELINE, 2 if args.quick else 3)
-        if {"embed_torch", "embed_torch_setup_per_instance"} & set(args.functions):
+        if {"embed_torch", "embed_torch_per_instance"} & set(args.functions):
             results["baselines"]["torch"] = baseline("torch", TORCH_BASELINE, 1 if args.quick else 3)
         for mode in args.modes:
             print(f"mode {mode}: starting tidal, deploying {', '.join(args.functions)} ...", flush=True)

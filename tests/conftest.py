@@ -33,6 +33,7 @@ class TidalServer:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     cwd: Path | None = None  # where `tidal up` runs; state_dir may then be relative to it
+    start_new_session: bool = False  # a process group of its own, as a terminal gives a foreground job
 
     @property
     def url(self) -> str:
@@ -55,7 +56,12 @@ class TidalServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
         command = [TIDAL, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *extra]
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=self.cwd
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            cwd=self.cwd,
+            start_new_session=self.start_new_session,
         )
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

@@ -123,7 +123,7 @@ def test_a_module_that_fails_in_the_template_is_spawned(tidal_server: TidalServe
 
 
 def test_torch_loaded_once_forks_without_deadlock(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch comes with the torch extra, which make setup installs")
     assert tidal_server.deploy(write_module(TORCH_ONCE, "torch_once.py")).returncode == 0
     answer = invoke(tidal_server, "torch_once_e2e", {}, timeout=60)
     assert answer["loaded_in"] == answer["ppid"]  # the model was loaded in the template
@@ -157,3 +157,29 @@ def test_nothing_outlives_a_killed_gateway(fresh_server: TidalServer, write_modu
             return True
 
     wait_for(lambda: gone(template) and gone(instance))
+
+
+def test_ctrl_c_stops_everything_in_order(tmp_path: Path, write_module) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C in the terminal of `tidal up` signals its whole process group: only the gateway may get it."""
+    server = TidalServer(tmp_path / "state")
+    server.start_new_session = True
+    try:
+        server.start()
+        assert server.deploy(write_module(TINY.format(name="tiny_interrupted"), "tiny.py")).returncode == 0
+        answer = invoke(server, "tiny_interrupted")
+        instance, template = int(answer["pid"]), int(answer["ppid"])  # type: ignore[call-overload]
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert server.process.wait(30) in (0, 130)  # uvicorn exits 128 + SIGINT after a clean shutdown
+    finally:
+        server.stop()
+    log = server.log()
+    assert "replacing it" not in log and "Traceback" not in log, log
+    wait_for(lambda: process_gone(template) and process_gone(instance))
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
