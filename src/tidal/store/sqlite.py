@@ -172,9 +172,6 @@ class SQLiteStore:
             cursor = self._db.execute("DELETE FROM functions WHERE name = ?", (name,))
             return cursor.rowcount > 0
 
-    def code_digests_in_use(self) -> set[str]:
-        return {row[0] for row in self._query("SELECT DISTINCT code_digest FROM revisions")}
-
     # -- keys -------------------------------------------------------------------------------------
 
     def add_key(self, key_id: str, key_hash: str, scopes: list[str], description: str = "") -> KeyRecord:
