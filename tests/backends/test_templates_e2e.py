@@ -123,7 +123,6 @@ def test_a_module_that_fails_in_the_template_is_spawned(tidal_server: TidalServe
 
 
 def test_torch_loaded_once_forks_without_deadlock(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("torch", reason="torch comes with the torch extra, which make setup installs")
     assert tidal_server.deploy(write_module(TORCH_ONCE, "torch_once.py")).returncode == 0
     answer = invoke(tidal_server, "torch_once_e2e", {}, timeout=60)
     assert answer["loaded_in"] == answer["ppid"]  # the model was loaded in the template

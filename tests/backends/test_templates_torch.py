@@ -11,7 +11,6 @@ from backend_helpers import call, connect, make_revision
 
 from tidal.backends.local import LocalBackend
 
-pytest.importorskip("torch", reason="torch comes with the torch extra, which make setup installs")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 MATMUL = """

