@@ -87,4 +87,3 @@ def _error_message(response: httpx.Response) -> str:
         return message
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}: {response.text[:200]}"
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,26 @@ class TorchOnce:
         value = float((torch.randn(512, 512) @ self.weights).abs().sum())
         return {"value": value, "loaded_in": self.loaded_in, "ppid": os.getppid(),
                 "threads": torch.get_num_threads()}
+"""
+
+RANDOM_DRAW = """
+import os
+import time
+
+import numpy as np
+import torch
+
+import tidal
+
+np.random.random()  # the template touches both generators before it forks
+torch.rand(1)
+
+
+@tidal.function(name="random_draw_e2e", concurrency=1, max_instances=2)
+def draw(payload):
+    time.sleep(0.5)  # hold the only slot, so the second concurrent call needs a second instance
+    return {"pid": os.getpid(), "ppid": os.getppid(),
+            "numpy": float(np.random.random()), "torch": float(torch.rand(1))}
 """
 
 
@@ -128,6 +149,15 @@ def test_torch_loaded_once_forks_without_deadlock(tidal_server: TidalServer, wri
     assert answer["loaded_in"] == answer["ppid"]  # the model was loaded in the template
     assert answer["threads"] == 2 and float(answer["value"]) > 0  # type: ignore[arg-type]
     assert invoke(tidal_server, "torch_once_e2e", {}, timeout=60)["value"] != 0
+
+
+def test_forked_siblings_draw_different_random_numbers(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
+    assert tidal_server.deploy(write_module(RANDOM_DRAW, "random_draw.py")).returncode == 0
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: invoke(tidal_server, "random_draw_e2e", {}), range(2))
+    assert first["pid"] != second["pid"] and first["ppid"] == second["ppid"]  # siblings of one template
+    assert first["numpy"] != second["numpy"]
+    assert first["torch"] != second["torch"]
 
 
 def test_templates_off_by_environment(fresh_server: TidalServer, write_module, monkeypatch) -> None:  # type: ignore[no-untyped-def]

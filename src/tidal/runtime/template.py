@@ -233,6 +233,7 @@ class Template:
             torch: Any = sys.modules.get("torch")
             if torch is not None:
                 torch.set_num_threads(max(1, int(request.cpu)))
+            reseed_random_generators()
             worker.run(request.config, socket.socket(fileno=listen_fd), self.target)
         except BaseException:
             traceback.print_exc()
@@ -249,6 +250,21 @@ class Template:
                 return
             with contextlib.suppress(OSError):
                 self.send(Exited(pid, os.waitstatus_to_exitcode(status)))
+
+
+def reseed_random_generators() -> None:
+    """Give each forked sibling its own random stream.
+
+    Python's ``random`` reseeds itself after fork; numpy's and torch's global generators do not, so
+    without this every instance of a template would draw the same "random" numbers (same dropout
+    masks, same sampled tokens).
+    """
+    numpy_random: Any = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    torch: Any = sys.modules.get("torch")
+    if torch is not None:
+        torch.seed()
 
 
 def main() -> None:
