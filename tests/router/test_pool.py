@@ -100,3 +100,29 @@ async def test_queue_bound_and_fifo_and_retirement(tmp_path: Path, code_dir: Pat
     finally:
         await pool.drain(1.0)
         await backend.close()
+
+
+async def test_scale_down_gives_up_a_starting_instance_before_a_ready_one(
+    tmp_path: Path, code_dir: Path
+) -> None:
+    backend = LocalBackend(tmp_path / "state")
+    spec = validate_spec(revision(code_dir).spec)
+    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    try:
+        pool.scale_to(1, "test: one warm instance")
+        while not pool.ready:
+            await asyncio.sleep(0.01)
+        (warm,) = pool.ready
+        pool.scale_to(2, "test: a burst")
+        assert pool.size == 2 and len(pool.starting) == 1
+        pool.scale_to(1, "test: the burst is over before the second instance is up")
+        assert pool.ready == [warm] and not warm.draining, "the warm instance keeps serving"
+        assert pool.size == 1 and pool.describe()["starting"] == 0
+        while pool.starting:
+            await asyncio.sleep(0.01)
+        assert pool.ready == [warm]
+        assert [handle.id for handle in backend.instances()] == [warm.handle.id], "the late start was stopped"
+        assert await call(pool, 0.0) == 0.0
+    finally:
+        await pool.drain(1.0)
+        await backend.close()

@@ -79,6 +79,9 @@ class RevisionPool:
         self.closed = False
         self._last_failure: tuple[float, StartFailed] | None = None
         self._draining: set[asyncio.Task[None]] = set()
+        # Starts a scale-down no longer wants: each one that comes up with no request waiting is
+        # stopped at once, so a shrinking revision gives up cold instances before warm ones.
+        self._unwanted_starts = 0
 
     # -- the hot path -------------------------------------------------------------------------------
 
@@ -161,7 +164,7 @@ class RevisionPool:
     @property
     def size(self) -> int:
         """Instances up or on their way: what the autoscaler's desired count is compared with."""
-        return len(self.ready) + len(self.starting)
+        return len(self.ready) + len(self.starting) - self._unwanted_starts
 
     def scale_to(self, desired: int, reason: str) -> ScalingEvent | None:
         """Start or drain instances so that ``size`` becomes ``desired``; the event, if it changed."""
@@ -173,11 +176,16 @@ class RevisionPool:
         event = ScalingEvent(time.time(), self.revision.function, self.revision.id, before, desired, reason)
         self.events.append(event)
         log.info("%s: %d -> %d instances (%s)", self.revision.id, before, desired, reason)
-        for _ in range(desired - before):
-            self._start_in_background(reason)
-        surplus = before - desired
-        for client in sorted(self.ready, key=lambda c: c.assigned)[:surplus]:
-            self._retire(client)
+        if desired > before:
+            reclaimed = min(self._unwanted_starts, desired - before)  # still on their way: keep them
+            self._unwanted_starts -= reclaimed
+            for _ in range(desired - before - reclaimed):
+                self._start_in_background(reason)
+        else:
+            abandoned = min(before - desired, len(self.starting) - self._unwanted_starts)
+            self._unwanted_starts += abandoned
+            for client in sorted(self.ready, key=lambda c: c.assigned)[: before - desired - abandoned]:
+                self._retire(client)
         return event
 
     def _start_in_background(self, reason: str) -> None:
@@ -189,6 +197,8 @@ class RevisionPool:
         self.starting.discard(task)
         if task.cancelled() or task.exception() is None:
             return
+        if self._unwanted_starts:
+            self._unwanted_starts -= 1  # the failed start was one that was no longer wanted
         self.counters.start_failures += 1
         error = task.exception()
         failure = error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
@@ -218,6 +228,12 @@ class RevisionPool:
             raise StartFailed("RevisionRetired", "the revision was replaced or removed")
         client.start_ms = (time.perf_counter() - started) * 1000
         self._last_failure = None
+        if self._unwanted_starts:
+            self._unwanted_starts -= 1
+            if not self.waiters:  # with requests waiting it serves them; the autoscaler trims later
+                client.close()
+                await self.backend.stop(handle, grace_s=1.0)
+                return client
         self.ready.append(client)
         self._dispatch()
         return client
@@ -272,7 +288,7 @@ class RevisionPool:
         return {
             "revision": self.revision.id,
             "ready": len(self.ready),
-            "starting": len(self.starting),
+            "starting": len(self.starting) - self._unwanted_starts,
             "desired": self.desired,
             "in_flight": sum(client.assigned for client in self.ready),
             "queued": len(self.waiters),
