@@ -224,8 +224,11 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     )
     out.print(
         f"since start: {instances['starts']} starts, {instances['start_failures']} failed, {instances['lost']} lost, "
+        f"{instances['recycled']} replaced after a timeout, "
         f"{instances['rejected']} requests rejected (queue full)"
     )
+    if instances["start_retry_in_s"]:
+        out.print(f"[red]starts are failing[/red]: the next try is in {instances['start_retry_in_s']} s")
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry")
     for revision in info["revisions"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -114,6 +115,35 @@ class NoWeights:
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "FileNotFoundError"
     assert "weights.bin is missing" in response.json()["error"]["message"]
+
+
+def test_a_function_that_cannot_start_is_retried_with_backoff(
+    tidal_server: TidalServer, write_module
+) -> None:  # type: ignore[no-untyped-def]
+    source = """
+import tidal
+
+@tidal.function(name="crash_loop")
+class CrashLoop:
+    def setup(self):
+        raise RuntimeError("cannot reach the feature store")
+
+    def __call__(self, payload):
+        return payload
+"""
+    assert tidal_server.deploy(write_module(source)).returncode == 0
+    deadline = time.monotonic() + 6.0
+    answers = []
+    while time.monotonic() < deadline:  # a client that keeps retrying for 6 s
+        answers.append(tidal_server.client.post("/fn/crash_loop", json={}))
+        time.sleep(0.05)
+    assert {answer.status_code for answer in answers} == {502}
+    assert all("cannot reach the feature store" in answer.json()["error"]["message"] for answer in answers)
+    instances = tidal_server.client.get("/v1/functions/crash_loop").json()["instances"]
+    # Backoff of 1, 2, 4 s: tries near 0, 1 and 3 s (and perhaps 7 s); one per second would be 6 or more.
+    assert 2 <= instances["start_failures"] == instances["starts"] <= 4, instances
+    status = tidal_server.cli("status", "crash_loop")
+    assert status.returncode == 0 and "starts are failing" in status.stdout, status.stdout
 
 
 def test_keys_create_list_revoke(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]

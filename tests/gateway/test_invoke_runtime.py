@@ -112,6 +112,47 @@ def test_timeout_is_504(tidal_server: TidalServer, write_module) -> None:  # typ
     assert time.monotonic() - started < 3
 
 
+RUNAWAY = """
+import os
+import time
+
+import tidal
+
+@tidal.function(name="runaway", timeout=1, concurrency=2)
+def runaway(payload):
+    time.sleep(payload["seconds"])  # a sync call: no way to interrupt it from outside its thread
+    return {"pid": os.getpid()}
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_a_sync_call_past_its_timeout_gets_its_instance_replaced(
+    tidal_server: TidalServer, write_module
+) -> None:  # type: ignore[no-untyped-def]
+    assert tidal_server.deploy(write_module(RUNAWAY, "runaway.py")).returncode == 0
+    old_pid = tidal_server.client.post("/fn/runaway", json={"seconds": 0}).json()["pid"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(tidal_server.client.post, "/fn/runaway", json={"seconds": 30})
+        time.sleep(0.2)
+        neighbour = pool.submit(tidal_server.client.post, "/fn/runaway", json={"seconds": 0.9})
+        assert stuck.result().status_code == 504
+        # The call sharing the instance is drained, not cut off.
+        assert neighbour.result().status_code == 200 and neighbour.result().json()["pid"] == old_pid
+    deadline = time.monotonic() + 10
+    while running(old_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(old_pid), "the instance whose thread ran away was stopped"
+    fresh = tidal_server.client.post("/fn/runaway", json={"seconds": 0})
+    assert fresh.status_code == 200 and fresh.json()["pid"] != old_pid
+    assert tidal_server.client.get("/v1/functions/runaway").json()["instances"]["recycled"] == 1
+
+
 def test_instance_death_gives_502_and_is_replaced(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     assert tidal_server.deploy(write_module(SLOW, "slow.py")).returncode == 0
     first = tidal_server.client.post("/fn/fragile", json={}).json()

@@ -4,6 +4,7 @@ import pytest
 
 from tidal.auth.keys import allows, check_scopes
 from tidal.metering.billing import billed_ms
+from tidal.router.pool import START_BACKOFF_MAX_S, start_backoff_s
 from tidal.runtime.codec import encode_chunk, encode_result, is_raw, lambda_http_event, lambda_http_response
 from tidal.runtime.protocol import Invoke
 
@@ -55,3 +56,8 @@ def test_lambda_http_event_and_response() -> None:
     assert lambda_http_response({"plain": True})[0] == 200
     with pytest.raises(ValueError, match="statusCode 99"):
         lambda_http_response({"statusCode": 99})
+
+
+def test_start_backoff_doubles_and_is_capped() -> None:
+    assert [start_backoff_s(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert start_backoff_s(50) == START_BACKOFF_MAX_S

@@ -77,7 +77,7 @@ def describe_function(
         "instances": {
             key: pool[key]
             for key in ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
-                        "start_failures", "lost", "rejected")
+                        "start_failures", "start_retry_in_s", "lost", "recycled", "rejected")
         },
     }  # fmt: skip
     body["instances"]["list"] = pool["instances"]

@@ -100,6 +100,7 @@ class InstanceClient(asyncio.Protocol):
         self.ready: asyncio.Future[Ready] = self._loop.create_future()
         self.lost = False
         self.draining = False
+        self.recycle = False  # the instance asked to be replaced (a call's thread outlived its deadline)
         self.assigned = 0  # requests the pool routed here and not yet released (routing reads this)
         self.served = 0  # requests finished: 0 means the next one is this instance's first (cold) call
         self.start_ms = 0.0  # from asking the backend to the Ready frame
@@ -175,6 +176,8 @@ class InstanceClient(asyncio.Protocol):
             return  # an answer to a call the router already gave up on (cancelled, timed out)
         if isinstance(message, Result | Error | End):
             del self._calls[call.id]
+            if isinstance(message, Error) and message.recycle:
+                self.recycle = True
         call.deliver(message)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -29,7 +29,18 @@ from tidal.store.models import Revision
 log = logging.getLogger("tidal.router")
 
 START_TIMEOUT_S = 300.0  # a model load may be slow; a start that takes longer is a failure
-RETRY_AFTER_FAILURE_S = 1.0  # after a failed start, requests fail fast for this long (no crash loop)
+# After a failed start, no new start is tried (and requests that would wait for one fail fast with
+# its error) for a backoff that doubles with each consecutive failure: a function that cannot start
+# costs a few starts a minute, not one per autoscaler tick.
+START_BACKOFF_FIRST_S = 1.0
+START_BACKOFF_MAX_S = 30.0
+
+
+def start_backoff_s(consecutive_failures: int) -> float:
+    """How long to wait before the next start after this many failures in a row."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(START_BACKOFF_FIRST_S * 2 ** (consecutive_failures - 1), START_BACKOFF_MAX_S)
 
 
 class QueueFull(Exception):
@@ -55,6 +66,7 @@ class PoolCounters:
     starts: int = 0
     start_failures: int = 0
     lost: int = 0
+    recycled: int = 0
     rejected: int = 0
 
 
@@ -77,7 +89,9 @@ class RevisionPool:
         self.desired = spec.min_instances
         self.panic = False
         self.closed = False
-        self._last_failure: tuple[float, StartFailed] | None = None
+        self._last_failure: StartFailed | None = None  # the latest start's error, until one succeeds
+        self._failures_in_a_row = 0
+        self._retry_at = 0.0  # monotonic: no start before this (backoff after failures)
         self._draining: set[asyncio.Task[None]] = set()
         # Starts a scale-down no longer wants: each one that comes up with no request waiting is
         # stopped at once, so a shrinking revision gives up cold instances before warm ones.
@@ -131,15 +145,19 @@ class RevisionPool:
             raise QueueFull(
                 f"{len(self.waiters)} requests are already queued (max_queue {self.spec.max_queue})"
             )
-        failure = self._last_failure
-        if failure and not self.ready and time.monotonic() - failure[0] < RETRY_AFTER_FAILURE_S:
-            raise failure[1]
+        if self._last_failure and not self.ready and self._backing_off():
+            raise self._last_failure
+
+    def _backing_off(self) -> bool:
+        return time.monotonic() < self._retry_at
 
     def release(self, client: InstanceClient) -> None:
         """A request routed to ``client`` is finished (answered, failed or cancelled)."""
         client.assigned -= 1
         client.served += 1
         self.meter.change(-1, time.monotonic())
+        if client.recycle and not client.draining:
+            self.recycle(client)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -176,6 +194,8 @@ class RevisionPool:
         event = ScalingEvent(time.time(), self.revision.function, self.revision.id, before, desired, reason)
         self.events.append(event)
         log.info("%s: %d -> %d instances (%s)", self.revision.id, before, desired, reason)
+        if desired > before and self._backing_off():
+            return None  # the autoscaler asks again every tick; the start waits for the backoff
         if desired > before:
             reclaimed = min(self._unwanted_starts, desired - before)  # still on their way: keep them
             self._unwanted_starts -= reclaimed
@@ -202,8 +222,12 @@ class RevisionPool:
         self.counters.start_failures += 1
         error = task.exception()
         failure = error if isinstance(error, StartFailed) else StartFailed(type(error).__name__, str(error))
-        self._last_failure = (time.monotonic(), failure)
-        log.warning("instance of %s failed to start: %s", self.revision.id, failure)
+        self._last_failure = failure
+        self._failures_in_a_row += 1
+        backoff = start_backoff_s(self._failures_in_a_row)
+        self._retry_at = time.monotonic() + backoff
+        log.warning("instance of %s failed to start (%d in a row; next try in %.0f s): %s",
+                    self.revision.id, self._failures_in_a_row, backoff, failure)  # fmt: skip
         if not self.ready and not self.starting:
             self._fail_waiters(failure)
 
@@ -227,7 +251,7 @@ class RevisionPool:
             await self.backend.stop(handle, grace_s=1.0)
             raise StartFailed("RevisionRetired", "the revision was replaced or removed")
         client.start_ms = (time.perf_counter() - started) * 1000
-        self._last_failure = None
+        self._last_failure, self._failures_in_a_row, self._retry_at = None, 0, 0.0
         if self._unwanted_starts:
             self._unwanted_starts -= 1
             if not self.waiters:  # with requests waiting it serves them; the autoscaler trims later
@@ -243,7 +267,11 @@ class RevisionPool:
             self.ready.remove(client)
             self.counters.lost += 1
             log.warning("instance %s was lost; replacing it", client.id)
-        if not self.closed and self.size < max(self.desired, 1 if self.waiters else 0):
+        if (
+            not self.closed
+            and not self._backing_off()
+            and self.size < max(self.desired, 1 if self.waiters else 0)
+        ):
             self._start_in_background(f"replacing lost instance {client.id}")
 
     def _retire(self, client: InstanceClient) -> None:
@@ -262,13 +290,25 @@ class RevisionPool:
         client.close()
         await self.backend.stop(client.handle, grace_s=2.0)
 
+    def recycle(self, client: InstanceClient) -> None:
+        """Drain an instance that asked to be replaced, and start its successor now."""
+        self.counters.recycled += 1
+        log.warning("instance %s is replaced: a call's thread ran past its deadline", client.id)
+        self._retire(client)
+        if (
+            not self.closed
+            and not self._backing_off()
+            and self.size < max(self.desired, 1 if self.waiters else 0)
+        ):
+            self._start_in_background(f"replacing instance {client.id} (a call outlived its deadline)")
+
     def replace(self, client: InstanceClient) -> None:
         """Take a misbehaving instance (it ignored its deadline) out of service and stop it now."""
         client.draining = True
         if client in self.ready:
             self.ready.remove(client)
         asyncio.get_running_loop().create_task(self.backend.stop(client.handle, grace_s=1.0))
-        if self.size < self.desired or self.waiters:
+        if (self.size < self.desired or self.waiters) and not self._backing_off():
             self._start_in_background(f"replacing stuck instance {client.id}")
 
     # -- retiring the revision ---------------------------------------------------------------------
@@ -293,6 +333,7 @@ class RevisionPool:
             "in_flight": sum(client.assigned for client in self.ready),
             "queued": len(self.waiters),
             "panic": self.panic,
+            "start_retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 1),
             "instances": [
                 {
                     "id": client.id,

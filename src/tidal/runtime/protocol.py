@@ -87,6 +87,9 @@ class Error(Frame, tag="error", frozen=True):
     message: str
     stats: CallStats
     logs: str = ""
+    # The call's thread is still running after its deadline (Python cannot stop a thread): the
+    # instance asks to be drained and replaced, the way Lambda discards a timed-out environment.
+    recycle: bool = False
 
 
 Message = Invoke | Cancel | Ready | SetupFailed | Result | Chunk | End | Error

@@ -76,6 +76,7 @@ class Worker:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="call")
         self.running: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
+        self.in_threads: set[int] = set()  # calls whose user code is running in a thread right now
         self.closed = self.loop.create_future()
 
     def send(self, message: Message) -> None:
@@ -114,8 +115,9 @@ class Worker:
         except TimeoutError:
             stop.set()
             message = f"the function ran past its timeout of {self.config.timeout:g} s"
+            stats, logs = self.stats(started, cpu_box), capture.collected(buffer)
             self.send(
-                Error(request.id, "Timeout", message, self.stats(started, cpu_box), capture.collected(buffer))
+                Error(request.id, "Timeout", message, stats, logs, recycle=request.id in self.in_threads)
             )
         except codec.BadRequest as exc:
             self.send(Error(request.id, "BadRequest", str(exc), self.stats(started, cpu_box)))
@@ -164,6 +166,7 @@ class Worker:
         self, request: Invoke, args: tuple[Any, ...], stop: threading.Event, cpu: list[float]
     ) -> Any:
         cpu_started = time.thread_time()
+        self.in_threads.add(request.id)
         try:
             value = self.target.call(*args)
             if self.target.is_stream:
@@ -174,6 +177,7 @@ class Worker:
                 return None
             return value
         finally:
+            self.in_threads.discard(request.id)
             cpu[0] = time.thread_time() - cpu_started
 
     def arguments(self, request: Invoke) -> tuple[Any, ...]:
