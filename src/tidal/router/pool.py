@@ -191,11 +191,11 @@ class RevisionPool:
         before, self.desired = self.size, desired
         if desired == before:
             return None
+        if desired > before and self._backing_off():
+            return None  # the autoscaler asks again every tick; the start waits for the backoff
         event = ScalingEvent(time.time(), self.revision.function, self.revision.id, before, desired, reason)
         self.events.append(event)
         log.info("%s: %d -> %d instances (%s)", self.revision.id, before, desired, reason)
-        if desired > before and self._backing_off():
-            return None  # the autoscaler asks again every tick; the start waits for the backoff
         if desired > before:
             reclaimed = min(self._unwanted_starts, desired - before)  # still on their way: keep them
             self._unwanted_starts -= reclaimed
