@@ -75,13 +75,8 @@ def http_request(
     timeout: float = 5.0,
 ) -> tuple[int, bytes]:
     """One request on a fresh connection to 127.0.0.1; raises OSError/HTTPException on failure."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=dict(headers or {}))
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    status, _, reply = http_call(port, method, path, body=body, headers=headers, timeout=timeout)
+    return status, reply
 
 
 def http_call(
@@ -93,7 +88,7 @@ def http_call(
     headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Like ``http_request``, with the response headers (lower-cased names)."""
+    """Status, response headers (lower-cased names) and body of one request on a fresh connection."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))

@@ -267,12 +267,16 @@ class RevisionPool:
             self.ready.remove(client)
             self.counters.lost += 1
             log.warning("instance %s was lost; replacing it", client.id)
+        self._start_successor(f"replacing lost instance {client.id}")
+
+    def _start_successor(self, reason: str) -> None:
+        """After an instance left unasked, start another if the revision is now short of one."""
         if (
             not self.closed
             and not self._backing_off()
             and self.size < max(self.desired, 1 if self.waiters else 0)
         ):
-            self._start_in_background(f"replacing lost instance {client.id}")
+            self._start_in_background(reason)
 
     def _retire(self, client: InstanceClient) -> None:
         """Take ``client`` out of routing; stop it once the requests it holds are answered."""
@@ -295,12 +299,7 @@ class RevisionPool:
         self.counters.recycled += 1
         log.warning("instance %s is replaced: a call's thread ran past its deadline", client.id)
         self._retire(client)
-        if (
-            not self.closed
-            and not self._backing_off()
-            and self.size < max(self.desired, 1 if self.waiters else 0)
-        ):
-            self._start_in_background(f"replacing instance {client.id} (a call outlived its deadline)")
+        self._start_successor(f"replacing instance {client.id} (a call outlived its deadline)")
 
     def replace(self, client: InstanceClient) -> None:
         """Take a misbehaving instance (it ignored its deadline) out of service and stop it now."""
