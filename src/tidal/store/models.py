@@ -1,24 +1,50 @@
-"""Records the store keeps. msgspec Structs: cheap to build on the hot path, cheap to encode."""
+"""Records the store keeps, and the pure rules about them (a revision's digest, a valid traffic split).
+
+msgspec Structs: cheap to build on the hot path, cheap to encode.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Collection, Iterable
 
 import msgspec
 
 
 class Revision(msgspec.Struct, frozen=True):
-    """An immutable snapshot of a function: code digest + entry + validated spec."""
+    """An immutable snapshot of a function: code digest + entry + revision-level spec."""
 
     id: str  # "<function>-00001", numbered per function like Knative's revisions
     function: str
     number: int
-    digest: str  # sha256 over code digest, entry and spec: equal digest = identical deploy
+    digest: str  # revision_digest(...) of the fields below: equal digest = identical deploy
     code_digest: str
     module: str
     attribute: str
     is_class: bool
     style: str
+    # Revision-level spec fields only; function-level ones (``public``) live in FunctionRecord.settings.
     spec: dict[str, object]
     created_at: float
+
+
+class TrafficTarget(msgspec.Struct, frozen=True):
+    """A share of a function's calls. A tagged target at 0 percent is reachable by its tag only."""
+
+    revision: str
+    percent: int
+    tag: str | None = None
+
+
+class FunctionRecord(msgspec.Struct, frozen=True):
+    """A function apart from its revisions: function-level settings and where its traffic goes."""
+
+    name: str
+    created_at: float
+    settings: dict[str, object]  # function-level spec fields, today only {"public": bool}
+    traffic: list[TrafficTarget]  # empty: deployed but not served
 
 
 class KeyRecord(msgspec.Struct, frozen=True):
@@ -30,7 +56,11 @@ class KeyRecord(msgspec.Struct, frozen=True):
 
 
 class Activation(msgspec.Struct):
-    """The record of one invocation, billed to the millisecond."""
+    """The record of one invocation, billed to the millisecond.
+
+    Fields are also the activations table's columns, in this order (the store derives its SQL from
+    ``__struct_fields__``); add new ones at the end, with a default and a migration.
+    """
 
     id: str
     function: str
@@ -55,3 +85,46 @@ class Activation(msgspec.Struct):
     import_ms: float = 0.0
     setup_ms: float = 0.0
     logs: str = ""
+    key_id: str = ""  # the caller's API key id; "" for a public call made without a key
+    trigger: str = "http"  # what made the call: "http" (later also job, cron, bucket, queue)
+
+
+def revision_digest(
+    code_digest: str, module: str, attribute: str, is_class: bool, style: str, spec: dict[str, object]
+) -> str:
+    """The identity of a deploy: equal digests mean an identical revision (a redeploy is "unchanged").
+
+    ``spec`` holds revision-level fields only, so flipping a function-level setting such as
+    ``public`` does not make a new revision. The deployer and migration 2 both call this.
+    """
+    identity = json.dumps([code_digest, module, attribute, is_class, style, spec], sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def check_traffic(function: str, targets: list[TrafficTarget], revision_ids: Collection[str]) -> None:
+    """Raise ValueError unless ``targets`` is a valid split of ``function``'s calls.
+
+    Valid: empty (not served), or percents in 0..100 summing to 100 (e.g. 90 + 10), each revision
+    one of ``revision_ids`` (the function's own) at most once, each tag used at most once.
+    """
+    if not targets:
+        return
+    for target in targets:
+        if target.revision not in revision_ids:
+            raise ValueError(f"revision {target.revision!r} is not a revision of function {function!r}")
+        if not 0 <= target.percent <= 100:
+            raise ValueError(f"traffic to {target.revision} is {target.percent}%: must be 0..100")
+    repeated = _repeated(target.revision for target in targets)
+    if repeated:
+        raise ValueError(f"revision(s) {repeated} appear more than once in the traffic of {function!r}")
+    repeated_tags = _repeated(target.tag for target in targets if target.tag is not None)
+    if repeated_tags:
+        raise ValueError(f"tag(s) {repeated_tags} appear more than once in the traffic of {function!r}")
+    total = sum(target.percent for target in targets)
+    if total != 100:
+        raise ValueError(f"traffic of {function!r} sums to {total}%, not 100%")
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    counts = Counter(names)
+    return sorted(name for name, count in counts.items() if count > 1)

@@ -1,8 +1,9 @@
-"""SQLite (WAL) state in ``<state-dir>/tidal.db``.
+"""SQLite (WAL) state in ``<state-dir>/tidal.db``: the default implementation of ``Store``.
 
 One connection guarded by a lock: admin calls are rare and short, and activations arrive in
 batches from the metering writer's thread, so contention is negligible. WAL lets the CLI read
-while the gateway writes.
+while the gateway writes. Opening the store applies the pending schema migrations (migrations.py);
+a state dir written by a newer release is refused with StoreError.
 """
 
 from __future__ import annotations
@@ -11,79 +12,31 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from tidal.store.models import Activation, KeyRecord, Revision
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS functions (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revisions (
-    id TEXT PRIMARY KEY,
-    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
-    number INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    code_digest TEXT NOT NULL,
-    module TEXT NOT NULL,
-    attribute TEXT NOT NULL,
-    is_class INTEGER NOT NULL,
-    style TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (function, number)
-);
-CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY,
-    hash TEXT NOT NULL UNIQUE,
-    scopes TEXT NOT NULL,
-    description TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS activations (
-    id TEXT PRIMARY KEY,
-    function TEXT NOT NULL,
-    revision TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    start REAL NOT NULL,
-    duration_ms REAL NOT NULL,
-    billed_ms INTEGER NOT NULL,
-    memory_mb INTEGER NOT NULL,
-    cold INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    http_status INTEGER NOT NULL,
-    error_type TEXT NOT NULL,
-    error_message TEXT NOT NULL,
-    cpu_ms REAL NOT NULL,
-    peak_rss_kb INTEGER NOT NULL,
-    queue_ms REAL NOT NULL,
-    instance_start_ms REAL NOT NULL,
-    import_ms REAL NOT NULL,
-    setup_ms REAL NOT NULL,
-    logs TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS activations_by_function ON activations (function, start);
-CREATE TABLE IF NOT EXISTS scaling_events (
-    function TEXT NOT NULL,
-    revision TEXT NOT NULL,
-    at REAL NOT NULL,
-    from_count INTEGER NOT NULL,
-    to_count INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS scaling_events_by_function ON scaling_events (function, at);
-"""
-
-ACTIVATION_FIELDS = Activation.__struct_fields__
-REVISION_COLUMNS = (
-    "id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at"
+from tidal.store.migrations import migrate
+from tidal.store.models import (
+    Activation,
+    FunctionRecord,
+    KeyRecord,
+    Revision,
+    TrafficTarget,
+    check_traffic,
 )
+
+# The SQL column lists are the records' fields: one list, one place.
+ACTIVATION_FIELDS = Activation.__struct_fields__
+ACTIVATION_COLUMNS = ", ".join(ACTIVATION_FIELDS)
+REVISION_COLUMNS = ", ".join(Revision.__struct_fields__)
+KEY_COLUMNS = ", ".join(KeyRecord.__struct_fields__)
+SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
+TRAFFIC_QUERY = "SELECT function, revision, percent, tag FROM traffic"
+TRAFFIC_ORDER = "function, percent DESC, revision"  # the main share first
 
 
 class SQLiteStore:
@@ -91,11 +44,15 @@ class SQLiteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Off by default in SQLite, and per connection: deleting a function cascades through it.
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -105,54 +62,80 @@ class SQLiteStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    # -- functions and revisions ---------------------------------------------------------------
-
-    def add_revision(self, draft: Revision) -> tuple[Revision, bool]:
-        """Store ``draft`` as the function's next revision unless it equals the latest one.
-
-        Returns (revision, created). The number is assigned here, inside one transaction, so two
-        concurrent deploys cannot take the same number.
-        """
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """All statements inside see one snapshot and commit (or, on an exception, roll back) at once."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            # IMMEDIATE takes the write lock up front: a read-then-write cannot lose a race.
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                latest = self._db.execute(
-                    f"SELECT {REVISION_COLUMNS} FROM revisions WHERE function = ? ORDER BY number DESC LIMIT 1",
-                    (draft.function,),
-                ).fetchone()
-                if latest is not None and latest[3] == draft.digest:
-                    self._db.execute("COMMIT")
-                    return _revision(latest), False
-                number = (latest[2] if latest else 0) + 1
-                revision = msgspec.structs.replace(draft, number=number, id=f"{draft.function}-{number:05d}")
-                self._db.execute(
-                    "INSERT OR IGNORE INTO functions (name, created_at) VALUES (?, ?)",
-                    (draft.function, revision.created_at),
-                )
-                self._db.execute(
-                    f"INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        revision.id,
-                        revision.function,
-                        revision.number,
-                        revision.digest,
-                        revision.code_digest,
-                        revision.module,
-                        revision.attribute,
-                        int(revision.is_class),
-                        revision.style,
-                        json.dumps(revision.spec),
-                        revision.created_at,
-                    ),
-                )
-                self._db.execute("COMMIT")
-                return revision, True
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._db.execute("COMMIT")
+
+    # -- functions and revisions ---------------------------------------------------------------
+
+    def add_revision(
+        self, draft: Revision, settings: dict[str, object] | None = None, serve: bool = True
+    ) -> tuple[Revision, bool]:
+        """Store ``draft`` as the function's next revision unless it equals the latest one.
+
+        Returns (revision, created). The number is assigned here, inside one transaction, so two
+        concurrent deploys cannot take the same number. In the same transaction: ``settings``, if
+        given, replaces the function's settings (a changed ``public`` needs no new revision), and
+        ``serve`` sends all traffic to the returned revision (a redeploy of the same code too).
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                f"SELECT {REVISION_COLUMNS} FROM revisions WHERE function = ? ORDER BY number DESC LIMIT 1",
+                (draft.function,),
+            ).fetchone()
+            latest = _revision(row) if row else None
+            if latest is not None and latest.digest == draft.digest:
+                revision, created = latest, False
+            else:
+                number = (latest.number if latest else 0) + 1
+                revision = msgspec.structs.replace(draft, number=number, id=f"{draft.function}-{number:05d}")
+                created = True
+                db.execute(
+                    "INSERT OR IGNORE INTO functions (name, created_at) VALUES (?, ?)",
+                    (draft.function, revision.created_at),
+                )
+                placeholders = ", ".join("?" * len(Revision.__struct_fields__))
+                db.execute(
+                    f"INSERT INTO revisions ({REVISION_COLUMNS}) VALUES ({placeholders})",
+                    _revision_row(revision),
+                )
+            if settings is not None:
+                _write_settings(db, draft.function, settings)
+            if serve:
+                _write_traffic(db, draft.function, [TrafficTarget(revision.id, 100)])
+        return revision, created
 
     def function_names(self) -> list[str]:
         return [row[0] for row in self._query("SELECT name FROM functions ORDER BY name")]
+
+    def functions(self) -> list[FunctionRecord]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT name, created_at, settings FROM functions ORDER BY name").fetchall()
+            traffic = _traffic_by_function(db.execute(f"{TRAFFIC_QUERY} ORDER BY {TRAFFIC_ORDER}"))
+        return [_function(row, traffic.get(row[0], [])) for row in rows]
+
+    def function(self, name: str) -> FunctionRecord | None:
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                "SELECT name, created_at, settings FROM functions WHERE name = ?", (name,)
+            ).fetchone()
+            traffic = _traffic_by_function(
+                db.execute(f"{TRAFFIC_QUERY} WHERE function = ? ORDER BY {TRAFFIC_ORDER}", (name,))
+            )
+        return _function(row, traffic.get(name, [])) if row else None
+
+    def revision(self, revision_id: str) -> Revision | None:
+        rows = self._query(f"SELECT {REVISION_COLUMNS} FROM revisions WHERE id = ?", (revision_id,))
+        return _revision(rows[0]) if rows else None
 
     def revisions(self, function: str) -> list[Revision]:
         rows = self._query(
@@ -167,7 +150,22 @@ class SQLiteStore:
         )
         return [_revision(row) for row in rows]
 
+    def set_function_settings(self, name: str, settings: dict[str, object]) -> None:
+        with self._transaction() as db:
+            _write_settings(db, name, settings)
+
+    def set_traffic(self, name: str, targets: list[TrafficTarget]) -> None:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM functions WHERE name = ?", (name,)).fetchone() is None:
+                raise KeyError(name)
+            revision_ids = {
+                row[0] for row in db.execute("SELECT id FROM revisions WHERE function = ?", (name,))
+            }
+            check_traffic(name, targets, revision_ids)
+            _write_traffic(db, name, targets)
+
     def delete_function(self, name: str) -> bool:
+        # Revisions and traffic go with it (ON DELETE CASCADE, foreign_keys is on).
         with self._lock:
             cursor = self._db.execute("DELETE FROM functions WHERE name = ?", (name,))
             return cursor.rowcount > 0
@@ -184,15 +182,11 @@ class SQLiteStore:
         return record
 
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        rows = self._query(
-            "SELECT id, scopes, created_at, description, revoked_at FROM keys WHERE hash = ?", (key_hash,)
-        )
+        rows = self._query(f"SELECT {KEY_COLUMNS} FROM keys WHERE hash = ?", (key_hash,))
         return _key(rows[0]) if rows else None
 
     def list_keys(self) -> list[KeyRecord]:
-        rows = self._query(
-            "SELECT id, scopes, created_at, description, revoked_at FROM keys ORDER BY created_at"
-        )
+        rows = self._query(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at")
         return [_key(row) for row in rows]
 
     def revoke_key(self, key_id: str) -> bool:
@@ -207,31 +201,35 @@ class SQLiteStore:
     def add_activations(self, activations: Iterable[Activation]) -> None:
         rows = [msgspec.structs.astuple(activation) for activation in activations]
         placeholders = ", ".join("?" * len(ACTIVATION_FIELDS))
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO activations ({', '.join(ACTIVATION_FIELDS)}) VALUES ({placeholders})",
-                rows,
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO activations ({ACTIVATION_COLUMNS}) VALUES ({placeholders})", rows
             )
-            self._db.execute("COMMIT")
 
     def activations(
         self, function: str, limit: int = 50, activation_id: str | None = None
     ) -> list[Activation]:
-        columns = ", ".join(ACTIVATION_FIELDS)
         if activation_id is not None:
             rows = self._query(
-                f"SELECT {columns} FROM activations WHERE function = ? AND id = ?", (function, activation_id)
+                f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE function = ? AND id = ?",
+                (function, activation_id),
             )
         else:
             rows = self._query(
-                f"SELECT {columns} FROM activations WHERE function = ? ORDER BY start DESC LIMIT ?",
+                f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE function = ? ORDER BY start DESC LIMIT ?",
                 (function, limit),
             )
-        return [Activation(*row) for row in rows]
+        return [_activation(row) for row in rows]
 
-    def add_scaling_event(self, function: str, revision: str, at: float, from_count: int, to_count: int,
-                          reason: str) -> None:  # fmt: skip
+    def activation(self, activation_id: str) -> Activation | None:
+        rows = self._query(f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,))
+        return _activation(rows[0]) if rows else None
+
+    # -- scaling events --------------------------------------------------------------------------
+
+    def add_scaling_event(
+        self, function: str, revision: str, at: float, from_count: int, to_count: int, reason: str
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO scaling_events (function, revision, at, from_count, to_count, reason) "
@@ -241,38 +239,63 @@ class SQLiteStore:
 
     def scaling_events(self, function: str, limit: int = 20) -> list[dict[str, object]]:
         rows = self._query(
-            "SELECT revision, at, from_count, to_count, reason FROM scaling_events WHERE function = ? "
+            f"SELECT {', '.join(SCALING_EVENT_COLUMNS)} FROM scaling_events WHERE function = ? "
             "ORDER BY at DESC LIMIT ?",
             (function, limit),
         )
-        keys = ("revision", "at", "from_count", "to_count", "reason")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(SCALING_EVENT_COLUMNS, row, strict=True)) for row in rows]
 
-    def activation(self, activation_id: str) -> Activation | None:
-        columns = ", ".join(ACTIVATION_FIELDS)
-        rows = self._query(f"SELECT {columns} FROM activations WHERE id = ?", (activation_id,))
-        return Activation(*rows[0]) if rows else None
+
+# -- rows <-> records (inside a transaction where it matters) ------------------------------------------
+
+
+def _write_settings(db: sqlite3.Connection, name: str, settings: dict[str, object]) -> None:
+    cursor = db.execute("UPDATE functions SET settings = ? WHERE name = ?", (json.dumps(settings), name))
+    if cursor.rowcount == 0:
+        raise KeyError(name)
+
+
+def _write_traffic(db: sqlite3.Connection, name: str, targets: list[TrafficTarget]) -> None:
+    db.execute("DELETE FROM traffic WHERE function = ?", (name,))
+    db.executemany(
+        "INSERT INTO traffic (function, revision, percent, tag) VALUES (?, ?, ?, ?)",
+        [(name, target.revision, target.percent, target.tag) for target in targets],
+    )
+
+
+def _traffic_by_function(rows: Iterable[tuple[Any, ...]]) -> dict[str, list[TrafficTarget]]:
+    traffic: dict[str, list[TrafficTarget]] = {}
+    for function, revision, percent, tag in rows:
+        traffic.setdefault(function, []).append(TrafficTarget(revision, percent, tag))
+    return traffic
+
+
+def _function(row: tuple[Any, ...], traffic: list[TrafficTarget]) -> FunctionRecord:
+    name, created_at, settings = row
+    return FunctionRecord(name, created_at, json.loads(settings), traffic)
+
+
+def _revision_row(revision: Revision) -> tuple[Any, ...]:
+    row = msgspec.structs.asdict(revision)
+    row["is_class"] = int(revision.is_class)
+    row["spec"] = json.dumps(revision.spec)
+    return tuple(row.values())
 
 
 def _revision(row: tuple[Any, ...]) -> Revision:
-    (rev_id, function, number, digest, code_digest, module, attribute, is_class, style, spec, created_at) = (
-        row
-    )
-    return Revision(
-        rev_id,
-        function,
-        number,
-        digest,
-        code_digest,
-        module,
-        attribute,
-        bool(is_class),
-        style,
-        json.loads(spec),
-        created_at,
-    )
+    values = dict(zip(Revision.__struct_fields__, row, strict=True))
+    values["is_class"] = bool(values["is_class"])
+    values["spec"] = json.loads(values["spec"])
+    return Revision(**values)
+
+
+def _activation(row: tuple[Any, ...]) -> Activation:
+    activation = Activation(*row)
+    activation.cold = bool(activation.cold)  # stored as 0/1
+    return activation
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
-    key_id, scopes, created_at, description, revoked_at = row
-    return KeyRecord(key_id, json.loads(scopes), created_at, description, revoked_at)
+    values = dict(zip(KeyRecord.__struct_fields__, row, strict=True))
+    values["scopes"] = json.loads(values["scopes"])
+    return KeyRecord(**values)

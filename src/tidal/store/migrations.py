@@ -1,0 +1,283 @@
+"""Numbered schema migrations of ``tidal.db``, applied in order when a store opens.
+
+The schema version is ``PRAGMA user_version``; ``schema_migrations`` records when each step ran.
+Each step runs in its own transaction together with its version bump, so a failed step leaves the
+database at the previous version, and two processes opening one state dir cannot both apply it.
+
+Version 1 is the schema of tidal 0.1.0, which had no version: a database at user_version 0 that
+already has the 0.1.0 tables is stamped 1 and migrated from there.
+
+To change the schema, append ``Migration(N + 1, "what it does", apply)`` to ``MIGRATIONS``. Never
+edit a migration that was released: state dirs out there already ran it. ``apply`` gets a
+connection inside the open transaction; it must not commit, and must not use
+``executescript`` (which commits first). Add a test that migrates a state dir of the previous
+release (see tests/store/fixtures).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidal.store.errors import StoreError
+from tidal.store.models import revision_digest
+
+log = logging.getLogger("tidal.store")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _execute_all(connection: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements one by one (executescript would commit the transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+# -- 1: the 0.1.0 schema, as released (it was created with IF NOT EXISTS and no version) ----------
+
+SCHEMA_0_1_0 = """
+CREATE TABLE functions (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE revisions (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    code_digest TEXT NOT NULL,
+    module TEXT NOT NULL,
+    attribute TEXT NOT NULL,
+    is_class INTEGER NOT NULL,
+    style TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (function, number)
+);
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE activations (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    start REAL NOT NULL,
+    duration_ms REAL NOT NULL,
+    billed_ms INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    cold INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    http_status INTEGER NOT NULL,
+    error_type TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    cpu_ms REAL NOT NULL,
+    peak_rss_kb INTEGER NOT NULL,
+    queue_ms REAL NOT NULL,
+    instance_start_ms REAL NOT NULL,
+    import_ms REAL NOT NULL,
+    setup_ms REAL NOT NULL,
+    logs TEXT NOT NULL
+);
+CREATE INDEX activations_by_function ON activations (function, start);
+CREATE TABLE scaling_events (
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    at REAL NOT NULL,
+    from_count INTEGER NOT NULL,
+    to_count INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX scaling_events_by_function ON scaling_events (function, at);
+"""
+BASELINE_TABLES = ("functions", "revisions", "keys", "activations", "scaling_events")
+
+
+def _schema_0_1_0(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_0_1_0)
+
+
+# -- 2: activation caller and trigger; function settings and traffic out of revisions -------------
+
+SCHEMA_2 = """
+ALTER TABLE activations ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE activations ADD COLUMN trigger TEXT NOT NULL DEFAULT 'http';
+ALTER TABLE functions ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE traffic (
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    revision TEXT NOT NULL REFERENCES revisions(id) ON DELETE CASCADE,
+    percent INTEGER NOT NULL,
+    tag TEXT,
+    PRIMARY KEY (function, revision)
+);
+"""
+NEWEST_REVISIONS = (
+    "SELECT function, id, spec FROM revisions r "
+    "WHERE number = (SELECT MAX(number) FROM revisions WHERE function = r.function)"
+)
+
+
+def _settings_and_traffic(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_2)
+    newest = {function: (rev_id, spec) for function, rev_id, spec in connection.execute(NEWEST_REVISIONS)}
+    for (name,) in connection.execute("SELECT name FROM functions").fetchall():
+        rev_id, spec = newest.get(name, (None, "{}"))
+        # 0.1.0 kept `public` in every revision; the newest one is what the gateway obeyed.
+        settings = {"public": bool(json.loads(spec).get("public", False))}
+        connection.execute("UPDATE functions SET settings = ? WHERE name = ?", (json.dumps(settings), name))
+        if rev_id is not None:  # 0.1.0 served each function's newest revision
+            connection.execute(
+                "INSERT INTO traffic (function, revision, percent) VALUES (?, ?, 100)", (name, rev_id)
+            )
+    _strip_public_from_revisions(connection)
+
+
+def _strip_public_from_revisions(connection: sqlite3.Connection) -> None:
+    """Revision specs keep revision-level fields only; digests follow, so a redeploy stays "unchanged"."""
+    rows = connection.execute(
+        "SELECT id, code_digest, module, attribute, is_class, style, spec FROM revisions"
+    ).fetchall()
+    for rev_id, code_digest, module, attribute, is_class, style, spec_json in rows:
+        spec = json.loads(spec_json)
+        spec.pop("public", None)
+        # Today's revision_digest: should it ever change, a later migration recomputes digests again.
+        digest = revision_digest(code_digest, module, attribute, bool(is_class), style, spec)
+        connection.execute(
+            "UPDATE revisions SET spec = ?, digest = ? WHERE id = ?", (json.dumps(spec), digest, rev_id)
+        )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
+    Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
+)
+
+
+# -- the runner ---------------------------------------------------------------------------------------
+
+
+def migrate(
+    connection: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    clock: Callable[[], float] = time.time,
+) -> list[int]:
+    """Bring the database to the newest version in ``migrations``; return the versions applied.
+
+    ``connection`` must be in autocommit mode (``isolation_level=None``): each step opens its own
+    transaction. Raises StoreError for a database newer than ``migrations`` or a failed step.
+    """
+    if connection.isolation_level is not None:
+        raise ValueError("migrate needs a connection with isolation_level=None")
+    _check_numbering(migrations)
+    latest = latest_version(migrations)
+    _refuse_newer(connection, _version(connection), latest)
+    applied: list[int] = []
+    if migrations and _version(connection) == 0 and _has_baseline(connection):
+        applied += _step(connection, migrations[0], latest, clock, run=False)
+    for migration in migrations:
+        applied += _step(connection, migration, latest, clock, run=True)
+    return applied
+
+
+def latest_version(migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    return migrations[-1].version if migrations else 0
+
+
+def _step(
+    connection: sqlite3.Connection,
+    migration: Migration,
+    latest: int,
+    clock: Callable[[], float],
+    run: bool,
+) -> list[int]:
+    """Apply (or, ``run=False``, only record) one migration; [] if the database already has it."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another process may have migrated since we looked.
+        current = _version(connection)
+        _refuse_newer(connection, current, latest)
+        if current >= migration.version:
+            connection.execute("ROLLBACK")
+            return []
+        if run:
+            migration.apply(connection)
+        _record(connection, migration, clock())
+        connection.execute("COMMIT")
+    except BaseException as error:
+        if connection.in_transaction:  # some errors make SQLite roll back on its own
+            connection.execute("ROLLBACK")
+        if isinstance(error, StoreError | KeyboardInterrupt | SystemExit):
+            raise
+        raise StoreError(
+            f"schema migration {migration.version} ({migration.description}) failed: {error!r}; "
+            f"the state dir stays at schema {migration.version - 1}"
+        ) from error
+    log.info("state: schema %d, %s", migration.version, migration.description if run else "baseline")
+    return [migration.version]
+
+
+def _record(connection: sqlite3.Connection, migration: Migration, applied_at: float) -> None:
+    # The runner's own bookkeeping, not part of any migration: it must exist before step 1 records.
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, description TEXT, applied_at REAL)"
+    )
+    connection.execute(
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+        (migration.version, migration.description, applied_at),
+    )
+    # PRAGMA takes no parameters; the version is an int from our own list.
+    connection.execute(f"PRAGMA user_version = {int(migration.version)}")
+
+
+def _version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(connection: sqlite3.Connection, current: int, latest: int) -> None:
+    if current > latest:
+        raise StoreError(
+            f"state dir {_state_dir(connection)} was written by a newer tidal "
+            f"(schema {current}, this release knows {latest})"
+        )
+
+
+def _has_baseline(connection: sqlite3.Connection) -> bool:
+    """Whether an unversioned database holds the 0.1.0 tables (all of them, or none: else refuse)."""
+    names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    present = [table for table in BASELINE_TABLES if table in names]
+    if present and len(present) < len(BASELINE_TABLES):
+        raise StoreError(
+            f"state dir {_state_dir(connection)} has an unversioned schema with tables {present} "
+            f"but not {sorted(set(BASELINE_TABLES) - set(present))}: not a tidal 0.1.0 database"
+        )
+    return bool(present)
+
+
+def _state_dir(connection: sqlite3.Connection) -> str:
+    for _, name, file in connection.execute("PRAGMA database_list"):
+        if name == "main":
+            return str(Path(file).parent) if file else ":memory:"
+    return "?"
+
+
+def _check_numbering(migrations: Sequence[Migration]) -> None:
+    versions = [migration.version for migration in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migrations must be numbered 1, 2, 3... in order, got {versions}")

@@ -1,0 +1,105 @@
+"""The store seam: one Protocol per concern, and ``Store`` for all of them.
+
+Callers depend on the narrowest one they use (the metering writer on ActivationStore, the key ring
+on KeyStore), so another backend, or a fake in a unit test, implements only what it must.
+SQLiteStore implements ``Store``; tests pin that member by member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from tidal.store.models import Activation, FunctionRecord, KeyRecord, Revision, TrafficTarget
+
+
+class FunctionStore(Protocol):
+    """Functions, their revisions, function-level settings and traffic."""
+
+    def add_revision(
+        self, draft: Revision, settings: dict[str, object] | None = None, serve: bool = True
+    ) -> tuple[Revision, bool]:
+        """Store ``draft`` as the next revision unless its digest equals the newest one's.
+
+        Returns (revision, created). In the same transaction: creates the function if new,
+        replaces its settings if ``settings`` is given, and with ``serve`` sends all its traffic
+        to the returned revision (also when unchanged).
+        """
+        ...
+
+    def function_names(self) -> list[str]: ...
+
+    def functions(self) -> list[FunctionRecord]:
+        """All functions, by name."""
+        ...
+
+    def function(self, name: str) -> FunctionRecord | None: ...
+
+    def revision(self, revision_id: str) -> Revision | None: ...
+
+    def revisions(self, function: str) -> list[Revision]:
+        """The function's revisions, newest first."""
+        ...
+
+    def latest_revisions(self) -> list[Revision]:
+        """Each function's newest revision, by function name (not necessarily the one served)."""
+        ...
+
+    def set_function_settings(self, name: str, settings: dict[str, object]) -> None:
+        """Replace the function's settings; KeyError if there is no such function."""
+        ...
+
+    def set_traffic(self, name: str, targets: list[TrafficTarget]) -> None:
+        """Replace the function's traffic at once; ValueError for an invalid split (see check_traffic),
+        KeyError if there is no such function."""
+        ...
+
+    def delete_function(self, name: str) -> bool:
+        """Delete the function with its revisions and traffic; False if there was none."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys, by id and by the SHA-256 of the secret."""
+
+    def add_key(self, key_id: str, key_hash: str, scopes: list[str], description: str = "") -> KeyRecord: ...
+
+    def key_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+
+    def list_keys(self) -> list[KeyRecord]: ...
+
+    def revoke_key(self, key_id: str) -> bool: ...
+
+
+class ActivationStore(Protocol):
+    """The record of every invocation."""
+
+    def add_activations(self, activations: Iterable[Activation]) -> None:
+        """Store a batch in one transaction (a repeated id replaces the earlier record)."""
+        ...
+
+    def activations(
+        self, function: str, limit: int = 50, activation_id: str | None = None
+    ) -> list[Activation]:
+        """The function's newest ``limit`` activations, or the one with ``activation_id``."""
+        ...
+
+    def activation(self, activation_id: str) -> Activation | None: ...
+
+
+class ScalingEventStore(Protocol):
+    """What the autoscaler decided, for `tidal status` and the dashboard."""
+
+    def add_scaling_event(
+        self, function: str, revision: str, at: float, from_count: int, to_count: int, reason: str
+    ) -> None: ...
+
+    def scaling_events(self, function: str, limit: int = 20) -> list[dict[str, object]]:
+        """Newest first, each {revision, at, from_count, to_count, reason}."""
+        ...
+
+
+class Store(FunctionStore, KeyStore, ActivationStore, ScalingEventStore, Protocol):
+    """Everything the platform keeps."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,62 @@
+"""SQLiteStore implements the Store seam member by member (mypy checks it too, in open_store)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from tidal.store import (
+    ActivationStore,
+    FunctionStore,
+    KeyStore,
+    ScalingEventStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
+
+CONCERNS = (FunctionStore, KeyStore, ActivationStore, ScalingEventStore)
+
+
+def members(protocol: type) -> dict[str, inspect.Signature]:
+    """The methods a protocol declares itself and through its protocol bases."""
+    found: dict[str, inspect.Signature] = {}
+    for cls in reversed(protocol.__mro__):
+        if cls in (*CONCERNS, Store):
+            for name, value in vars(cls).items():
+                if inspect.isfunction(value) and not name.startswith("_"):
+                    found[name] = inspect.signature(value)
+    return found
+
+
+@pytest.mark.parametrize("protocol", [*CONCERNS, Store], ids=lambda protocol: protocol.__name__)
+def test_sqlite_store_has_every_member_with_its_signature(protocol: type) -> None:
+    for name, signature in members(protocol).items():
+        implementation = getattr(SQLiteStore, name, None)
+        assert implementation is not None, f"SQLiteStore lacks {protocol.__name__}.{name}"
+        assert inspect.signature(implementation) == signature, name
+
+
+def test_the_seam_covers_the_whole_public_store() -> None:
+    public = {
+        name
+        for name, value in vars(SQLiteStore).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+    assert public == set(members(Store))
+
+
+def test_the_concerns_do_not_overlap() -> None:
+    names = [name for concern in CONCERNS for name in members(concern)]
+    assert len(names) == len(set(names))
+    assert set(members(Store)) == {*names, "close"}
+
+
+def test_open_store_gives_a_working_store(tmp_path: Path) -> None:
+    store: Store = open_store(tmp_path / "tidal.db")
+    try:
+        assert store.functions() == [] and store.list_keys() == []
+    finally:
+        store.close()
