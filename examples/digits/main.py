@@ -19,18 +19,23 @@ MAX_BATCH = 1024
 
 
 def _as_images(rows: list[Any], field: str) -> np.ndarray:
-    """Validate ``rows`` (a list of images) as a (n, 64) array of numbers in 0..16."""
+    """Validate ``rows`` (a list of images) as a (n, 64) array of numbers in 0..16.
+
+    Bad input raises tidal.InputError: the caller gets 422 with the message, not a 500.
+    """
     for i, row in enumerate(rows):
         where = f'"{field}"' if field == "pixels" else f'"{field}"[{i}]'
         if not isinstance(row, list) or len(row) != PIXELS:
             got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
-            raise ValueError(f"{where} must be a list of 64 numbers (an 8x8 image, row by row); got {got}")
+            raise tidal.InputError(
+                f"{where} must be a list of 64 numbers (an 8x8 image, row by row); got {got}"
+            )
     try:
         images = np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f'"{field}" must hold numbers only (64 per image, each 0..16)') from None
+        raise tidal.InputError(f'"{field}" must hold numbers only (64 per image, each 0..16)') from None
     if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 16:
-        raise ValueError(f'"{field}" values must be numbers in 0..16')
+        raise tidal.InputError(f'"{field}" values must be numbers in 0..16')
     return images
 
 
@@ -43,13 +48,13 @@ class Digits:
 
     def __call__(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict) or ("pixels" in payload) == ("images" in payload):
-            raise ValueError('send {"pixels": [64 numbers 0..16]} or {"images": [[64 numbers], ...]}')
+            raise tidal.InputError('send {"pixels": [64 numbers 0..16]} or {"images": [[64 numbers], ...]}')
         if "pixels" in payload:
             images = _as_images([payload["pixels"]], "pixels")
             return {"digit": int(self.model.predict(images)[0])}
         images = payload["images"]
         if not isinstance(images, list) or not images:
-            raise ValueError('"images" must be a non-empty list of images of 64 numbers 0..16')
+            raise tidal.InputError('"images" must be a non-empty list of images of 64 numbers 0..16')
         if len(images) > MAX_BATCH:
-            raise ValueError(f'"images" holds {len(images)} images; at most {MAX_BATCH} per request')
+            raise tidal.InputError(f'"images" holds {len(images)} images; at most {MAX_BATCH} per request')
         return {"digits": [int(d) for d in self.model.predict(_as_images(images, "images"))]}

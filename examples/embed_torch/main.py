@@ -28,16 +28,16 @@ MAX_TEXTS = 256
 
 
 def check_texts(payload: Any) -> list[str]:
-    """The request's texts, or a ValueError that says what is wrong."""
+    """The request's texts, or a tidal.InputError (422 for the caller) that says what is wrong."""
     texts = payload.get("texts") if isinstance(payload, dict) else None
     if texts is None:
-        raise ValueError('send {"texts": ["a sentence", ...]}: missing "texts"')
+        raise tidal.InputError('send {"texts": ["a sentence", ...]}: missing "texts"')
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ValueError('"texts" must be a list of strings')
+        raise tidal.InputError('"texts" must be a list of strings')
     if not texts:
-        raise ValueError('"texts" must hold at least one string')
+        raise tidal.InputError('"texts" must hold at least one string')
     if len(texts) > MAX_TEXTS:
-        raise ValueError(f'"texts" holds {len(texts)} strings; at most {MAX_TEXTS} per request')
+        raise tidal.InputError(f'"texts" holds {len(texts)} strings; at most {MAX_TEXTS} per request')
     return texts
 
 

@@ -1,6 +1,6 @@
 """tidal: a self-hosted serverless platform for AI inference."""
 
-from tidal.sdk import Context, function
+from tidal.sdk import Context, InputError, function
 
-__all__ = ["Context", "function"]
+__all__ = ["Context", "InputError", "function"]
 __version__ = "0.1.0"

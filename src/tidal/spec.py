@@ -1,20 +1,80 @@
 """FunctionSpec: the one validated description of a function, checked once at deploy time.
 
-User code declares a spec through ``@tidal.function(...)`` (plain keyword arguments, no validation
-there so that importing the SDK stays cheap inside an instance). The gateway validates the merged
-declaration + CLI overrides here and stores the result; the hot path only reads plain attributes.
+Every field a function can set is declared here and only here: the decorator's keywords are pinned
+to ``FunctionSpec.model_fields`` by a test, the ``tidal deploy`` flags and the README's table are
+derived from them. User code declares a spec through ``@tidal.function(...)`` (plain keyword
+arguments, no validation there so that importing the SDK stays cheap inside an instance). The
+gateway validates the merged declaration + ``tidal.toml`` + CLI overrides here and stores the
+result; the hot path only reads plain attributes.
+
+Each field has a level (in its metadata): a revision-level field is part of the immutable revision
+(changing it makes a new one); a function-level field (``public``) belongs to the function and
+applies to every revision at once.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+Level = Literal["revision", "function"]
+REVISION: JsonDict = {"level": "revision"}  # part of the revision: a change makes a new one
+FUNCTION: JsonDict = {"level": "function"}  # the function's own: applies to every revision at once
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``500ms`` -> 0.5, ``2s`` -> 2.0, ``5m`` -> 300.0, ``1h`` -> 3600.0, ``90`` -> 90.0.
+
+    >>> parse_duration("1.5m")
+    90.0
+    """
+    match = DURATION_PATTERN.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration: give seconds (90) or a number and a unit (500ms, 2s, 5m, 1h)"
+        )
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The short form of a duration: 60.0 -> ``60s``, 0.5 -> ``500ms``, 0.0 -> ``0s``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def _seconds(value: Any) -> Any:
+    """Numbers are seconds already; strings are parsed; anything else is left to float's checks."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, bool):  # float() would take True for 1 second
+        raise ValueError("a duration is a number of seconds or a string like 2s, not true/false")
+    return value
+
+
+_DURATION_VALIDATOR = BeforeValidator(_seconds, json_schema_input_type=float | str)
+# Seconds as a float; a spec may also say "500ms", "2s", "5m", "1h" (or "90", seconds).
+Duration = Annotated[float, _DURATION_VALIDATOR]
 
 
 class Style(StrEnum):
@@ -26,42 +86,108 @@ class Style(StrEnum):
 
 
 class FunctionSpec(BaseModel):
-    """Resources, limits and scaling of one function. Units are in the field names' docs."""
+    """Resources, limits and scaling of one function. Each field's ``description`` says its unit."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    memory: int = Field(512, ge=64, le=262_144, description="memory per instance, MiB")
-    cpu: float = Field(1.0, gt=0, le=256, description="CPU cores per instance")
-    gpu: int = Field(0, ge=0, le=16, description="GPUs per instance")
-    timeout: float = Field(60.0, gt=0, le=3600, description="seconds one invocation may run")
-    concurrency: int = Field(1, ge=1, le=1000, description="requests in flight per instance")
-    min_instances: int = Field(0, ge=0, le=1000)
-    max_instances: int = Field(10, ge=1, le=1000)
-    env: dict[str, str] = Field(default_factory=dict, description="environment of each instance")
-    public: bool = Field(False, description="invoke without an API key")
+    name: str = Field(
+        description="URL-safe: a lowercase letter first, then `a-z 0-9 - _`, at most 63 characters",
+        json_schema_extra={**REVISION, "default_text": "the Python name (`MyModel` → `my_model`)"},
+    )
+    memory: int = Field(
+        512,
+        ge=64,
+        le=262_144,
+        description="MiB per instance (billed with the duration)",
+        json_schema_extra=REVISION,
+    )
+    cpu: float = Field(1.0, gt=0, le=256, description="CPU cores per instance", json_schema_extra=REVISION)
+    gpu: int = Field(0, ge=0, le=16, description="GPUs per instance", json_schema_extra=REVISION)
+    timeout: Duration = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="how long one invocation may run; past it the client gets 504",
+        json_schema_extra=REVISION,
+    )
+    concurrency: int = Field(
+        1, ge=1, le=1000, description="requests in flight per instance", json_schema_extra=REVISION
+    )
+    min_instances: int = Field(
+        0, ge=0, le=1000, description="instances kept warm (replaced if they die)", json_schema_extra=REVISION
+    )
+    max_instances: int = Field(
+        10, ge=1, le=1000, description="most instances of one revision", json_schema_extra=REVISION
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables of each instance", json_schema_extra=REVISION
+    )
+    public: bool = Field(False, description="invoke without an API key", json_schema_extra=FUNCTION)
     # -- elastic scaling (Knative KPA-style; see tidal.autoscale.decider) --
     target_concurrency: float | None = Field(
         None,
         gt=0,
-        description="in-flight requests per instance the autoscaler aims at (default 70% of concurrency)",
+        description="in-flight requests per instance the autoscaler aims at",
+        json_schema_extra={**REVISION, "default_text": "70% of `concurrency`"},
     )
-    stable_window: float = Field(60.0, ge=1, le=3600, description="seconds averaged for scaling decisions")
-    panic_window: float = Field(6.0, ge=1, le=3600, description="short window that triggers panic mode")
-    panic_threshold: float = Field(2.0, gt=1, le=100, description="panic when demand reaches this x capacity")
-    max_scale_up_rate: float = Field(1000.0, gt=1, description="at most this x ready instances per decision")
-    max_scale_down_rate: float = Field(2.0, gt=1, description="at least ready / this instances per decision")
-    scale_down_delay: float = Field(
-        0.0, ge=0, le=3600, description="seconds the demand must stay low to scale down"
+    stable_window: Duration = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="how much recent demand is averaged for normal scaling decisions",
+        json_schema_extra=REVISION,
     )
-    scale_to_zero_after: float = Field(
-        60.0, ge=1, le=86400, description="idle seconds before the last instance goes"
+    panic_window: Duration = Field(
+        6.0,
+        ge=1,
+        le=3600,
+        description="the short window of demand that can trigger panic mode",
+        json_schema_extra=REVISION,
+    )
+    panic_threshold: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description="panic when the panic window's demand reaches this x ready capacity",
+        json_schema_extra=REVISION,
+    )
+    max_scale_up_rate: float = Field(
+        1000.0,
+        gt=1,
+        description="per decision, at most this x ready instances",
+        json_schema_extra=REVISION,
+    )
+    max_scale_down_rate: float = Field(
+        2.0,
+        gt=1,
+        description="per decision, at least ready / this instances (2: at most halving)",
+        json_schema_extra=REVISION,
+    )
+    scale_down_delay: Duration = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="how long demand must stay low before scaling down",
+        json_schema_extra=REVISION,
+    )
+    scale_to_zero_after: Duration = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="idle time before the last instance goes (with `min_instances` 0)",
+        json_schema_extra=REVISION,
     )
     max_queue: int = Field(
-        100, ge=0, le=100_000, description="requests held while no instance has room; more get 429"
+        100,
+        ge=0,
+        le=100_000,
+        description="requests held while no instance has room; more get 429",
+        json_schema_extra=REVISION,
     )
     load_once: bool = Field(
-        False, description="run setup() in the template so instances fork with the model loaded"
+        False,
+        description="run `setup()` in the warm template, so instances fork with the model loaded",
+        json_schema_extra=REVISION,
     )
 
     @field_validator("name")
@@ -109,6 +235,48 @@ class FunctionSpec(BaseModel):
             return self.target_concurrency
         return max(1.0, 0.7 * self.concurrency)
 
+    def revision_fields(self) -> dict[str, Any]:
+        """What a revision stores and its digest covers: every field but the function-level ones.
+
+        >>> "public" in FunctionSpec(name="x", public=True).revision_fields()
+        False
+        """
+        return self.model_dump(mode="json", exclude=set(FUNCTION_LEVEL_FIELDS))
+
+    def function_settings(self) -> dict[str, Any]:
+        """The function-level fields only: they apply to every revision, and change none.
+
+        >>> FunctionSpec(name="x", public=True).function_settings()
+        {'public': True}
+        """
+        return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def field_level(name: str) -> Level:
+    """The level marked in a field's metadata; a field without one is a bug (a test checks all)."""
+    level = _extra(FunctionSpec.model_fields[name]).get("level")
+    if level not in ("revision", "function"):
+        raise LookupError(f"FunctionSpec.{name} has no level in its metadata")
+    return cast(Level, level)
+
+
+def is_duration(field: FieldInfo) -> bool:
+    """Whether a field is a ``Duration`` (takes ``2s``, ``500ms``, ...)."""
+    return _DURATION_VALIDATOR in field.metadata
+
+
+FUNCTION_LEVEL_FIELDS: frozenset[str] = frozenset(
+    name for name in FunctionSpec.model_fields if field_level(name) == "function"
+)
+DURATION_FIELDS: frozenset[str] = frozenset(
+    name for name, field in FunctionSpec.model_fields.items() if is_duration(field)
+)
+
 
 class SpecError(ValueError):
     """A spec refused at deploy time; the message names every offending field."""
@@ -136,3 +304,37 @@ def default_name(python_name: str) -> str:
     """A function's name when the decorator gives none: ``MyEmbedder`` -> ``my_embedder``."""
     snake = re.sub(r"(?<!^)(?=[A-Z])", "_", python_name).lower()
     return snake.strip("_") or "function"
+
+
+# -- the README's table ---------------------------------------------------------------------------
+
+
+def default_text(name: str) -> str:
+    """A field's default as the docs show it: ``512``, ``60s``, ``false``, ``{}``."""
+    field = FunctionSpec.model_fields[name]
+    shown = _extra(field).get("default_text")
+    if shown is not None:
+        return str(shown)
+    value = field.get_default(call_default_factory=True)
+    if is_duration(field):
+        return format_duration(value)
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{json.dumps(value)}`"
+    return json.dumps(value)
+
+
+def markdown_table() -> str:
+    """The spec's fields as the README's Markdown table (``python -m tidal.spec --markdown``)."""
+    rows = ["| field | default | meaning |", "| --- | --- | --- |"]
+    for name, field in FunctionSpec.model_fields.items():
+        meaning = field.description or ""
+        if field_level(name) == "function":
+            meaning += " (function-level: a change makes no new revision)"
+        rows.append(f"| `{name}` | {default_text(name)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m tidal.spec --markdown   (prints the README's spec table)")
+    sys.stdout.write(markdown_table())

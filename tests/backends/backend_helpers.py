@@ -9,29 +9,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tidal.backends.base import InstanceHandle
+from tidal.backends.base import InstanceHandle, InstanceSpec
 from tidal.backends.local import LocalBackend
 from tidal.router.connection import InstanceClient
 from tidal.runtime.protocol import Error, Invoke, Ready, Result
+from tidal.spec import validate_spec
 from tidal.store.models import Revision
 
 ANSWER_TIMEOUT_S = 60.0  # generous: a fork deadlock must fail the test, not hang it
 
 
-def make_revision(
-    module: str, attribute: str, is_class: bool = False, revision_id: str | None = None, **spec: Any
-) -> Revision:
-    full_spec: dict[str, object] = {
-        "timeout": 60.0,
-        "concurrency": 4,
-        "memory": 512,
-        "cpu": 1.0,
-        "gpu": 0,
-        "env": {},
-        **spec,
-    }
+def make_launch(
+    module: str,
+    attribute: str,
+    code_dir: str,
+    is_class: bool = False,
+    revision_id: str | None = None,
+    **spec: Any,
+) -> InstanceSpec:
+    """What the router hands a backend: a revision of ``module.attribute`` with its validated spec."""
     name = attribute.lower()
-    return Revision(
+    validated = validate_spec({"name": name, "concurrency": 4, **spec})
+    revision = Revision(
         id=revision_id or f"{name}-00001",
         function=name,
         number=1,
@@ -41,9 +40,10 @@ def make_revision(
         attribute=attribute,
         is_class=is_class,
         style="native",
-        spec=full_spec,
+        spec=validated.revision_fields(),
         created_at=time.time(),
     )
+    return InstanceSpec(revision, validated, code_dir)
 
 
 async def connect(handle: InstanceHandle) -> tuple[InstanceClient, Ready]:

@@ -16,13 +16,13 @@ from backend_helpers import (
     children_of,
     connect,
     gone,
-    make_revision,
+    make_launch,
     parent_of,
     template_pids,
     wait_until,
 )
 
-from tidal.backends.base import InstanceHandle
+from tidal.backends.base import Capacity, InstanceHandle
 from tidal.backends.local import LocalBackend
 from tidal.backends.templates import TemplateKey, process_alive, watch_orphan
 from tidal.runtime.template import Forked
@@ -46,6 +46,11 @@ def probe(payload):
         "mine": os.environ.get("MINE"),
         "payload": payload,
     }
+
+
+@tidal.function
+def sized(payload, context):
+    return {"memory_mb": context.memory_limit_in_mb}
 
 
 @tidal.function(load_once=True)
@@ -89,8 +94,8 @@ async def backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
 
 async def test_instances_fork_from_one_template(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe", env={"MINE": "yes", "OMP_NUM_THREADS": "3"})
-    first, second = await backend.start(revision, code, 2)
+    launch = make_launch("probe", "probe", code, env={"MINE": "yes", "OMP_NUM_THREADS": "3"})
+    first, second = await backend.start(launch, 2)
     (template_pid,) = template_pids(backend)
     for handle in (first, second):
         assert handle.extra["started_via"] == "template"
@@ -114,8 +119,8 @@ async def test_instances_fork_from_one_template(backend: LocalBackend, tmp_path:
 
 async def test_load_once_runs_setup_in_the_template(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "Loaded", is_class=True, load_once=True)
-    (handle,) = await backend.start(revision, code)
+    launch = make_launch("probe", "Loaded", code, is_class=True, load_once=True)
+    (handle,) = await backend.start(launch)
     client, ready = await connect(handle)
     answer = await call(client)
     assert answer["pid"] == handle.pid
@@ -125,12 +130,28 @@ async def test_load_once_runs_setup_in_the_template(backend: LocalBackend, tmp_p
     assert info["load_once"] is True and info["attribute"] == "Loaded"
 
 
+@pytest.mark.parametrize("templates", [True, False])
+async def test_instances_get_their_revisions_typed_spec(tmp_path: Path, templates: bool) -> None:
+    backend = LocalBackend(tmp_path / "state", use_templates=templates)
+    try:
+        code = write(tmp_path, "probe", PROBE)
+        launch = make_launch("probe", "sized", code, memory=1024, cpu=2.0, timeout="90s", gpu=1)
+        (handle,) = await backend.start(launch)
+        assert handle.extra["started_via"] == ("template" if templates else "spawn")
+        assert handle.capacity == Capacity(cpu=2.0, memory_mb=1024, gpu=1)
+        client, _ = await connect(handle)
+        assert await call(client) == {"memory_mb": 1024}
+        client.close()
+    finally:
+        await backend.close()
+
+
 async def test_revisions_of_the_same_code_share_a_template(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    await backend.start(make_revision("probe", "probe", revision_id="probe-00001"), code)
-    await backend.start(make_revision("probe", "probe", revision_id="probe-00002", memory=1024), code)
+    await backend.start(make_launch("probe", "probe", code, revision_id="probe-00001"))
+    await backend.start(make_launch("probe", "probe", code, revision_id="probe-00002", memory=1024))
     assert len(backend.templates()) == 1
-    await backend.start(make_revision("probe", "probe", revision_id="probe-00003", env={"A": "1"}), code)
+    await backend.start(make_launch("probe", "probe", code, revision_id="probe-00003", env={"A": "1"}))
     assert len(backend.templates()) == 2  # another environment: another template
 
 
@@ -138,14 +159,14 @@ async def test_prepare_starts_the_template_ahead_and_release_stops_it(
     backend: LocalBackend, tmp_path: Path
 ) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe")
-    await backend.prepare(revision, code)
+    launch = make_launch("probe", "probe", code)
+    await backend.prepare(launch)
     (info,) = backend.templates()
     assert info["state"] in ("starting", "ready")
     await wait_until(lambda: backend.templates()[0]["state"] == "ready", what="the template to be ready")
-    (handle,) = await backend.start(revision, code)
+    (handle,) = await backend.start(launch)
     assert handle.extra["template_pid"] == str(info["pid"])
-    await backend.release(revision, code)
+    await backend.release(launch)
     assert backend.templates() == []
     await wait_until(lambda: gone(int(info["pid"])), what="the template to exit")  # type: ignore[call-overload]
     client, _ = await connect(handle)  # its instance outlives it
@@ -156,8 +177,8 @@ async def test_killed_template_is_rebuilt_and_old_instances_keep_serving(
     backend: LocalBackend, tmp_path: Path
 ) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe")
-    (old,) = await backend.start(revision, code)
+    launch = make_launch("probe", "probe", code)
+    (old,) = await backend.start(launch)
     client, _ = await connect(old)
     (template_pid,) = template_pids(backend)
     exits: list[InstanceHandle] = []
@@ -168,7 +189,7 @@ async def test_killed_template_is_rebuilt_and_old_instances_keep_serving(
     assert (await call(client, "still here"))["payload"] == "still here"
     assert [h.id for h in backend.instances()] == [old.id]
 
-    (new,) = await backend.start(revision, code)
+    (new,) = await backend.start(launch)
     assert new.extra["started_via"] == "template"
     assert int(new.extra["template_pid"]) not in (template_pid, 0)
     new_client, _ = await connect(new)
@@ -182,8 +203,8 @@ async def test_killed_template_is_rebuilt_and_old_instances_keep_serving(
 
 async def test_stop_and_exit_callbacks_for_forked_instances(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe")
-    stopped, killed, disconnected = await backend.start(revision, code, 3)
+    launch = make_launch("probe", "probe", code)
+    stopped, killed, disconnected = await backend.start(launch, 3)
     exits: dict[str, int | None] = {}
     backend.on_exit(lambda handle: exits.__setitem__(handle.id, handle.exit_code))
     clients = [(await connect(handle))[0] for handle in (stopped, killed, disconnected)]
@@ -208,7 +229,7 @@ async def test_stop_and_exit_callbacks_for_forked_instances(backend: LocalBacken
 async def test_close_stops_templates_and_instances(tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
     backend = LocalBackend(tmp_path / "state")
-    handles = await backend.start(make_revision("probe", "probe"), code, 2)
+    handles = await backend.start(make_launch("probe", "probe", code), 2)
     (template_pid,) = template_pids(backend)
     await backend.close()
     for pid in [template_pid, *(h.pid for h in handles)]:
@@ -221,9 +242,9 @@ async def test_a_module_that_fails_in_the_template_falls_back_to_spawn(
     backend: LocalBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     code = write(tmp_path, "stubborn", NO_TEMPLATES)
-    revision = make_revision("stubborn", "stubborn")
+    launch = make_launch("stubborn", "stubborn", code)
     with caplog.at_level(logging.WARNING, logger="tidal.backends.local"):
-        first, second = await backend.start(revision, code, 2)
+        first, second = await backend.start(launch, 2)
     for handle in (first, second):
         assert handle.extra["started_via"] == "spawn"
         assert "refuses to load in a template" in handle.extra["template_error"]
@@ -241,9 +262,9 @@ async def test_templates_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
     backend = LocalBackend(tmp_path / "state", use_templates=how != "flag")
     try:
         code = write(tmp_path, "probe", PROBE)
-        revision = make_revision("probe", "probe")
-        await backend.prepare(revision, code)
-        (handle,) = await backend.start(revision, code)
+        launch = make_launch("probe", "probe", code)
+        await backend.prepare(launch)
+        (handle,) = await backend.start(launch)
         assert handle.extra["started_via"] == "spawn" and backend.templates() == []
         client, _ = await connect(handle)
         assert (await call(client))["ppid"] == os.getpid()
@@ -253,8 +274,8 @@ async def test_templates_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
 
 async def test_instances_started_at_once_all_answer(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe")
-    batches = await asyncio.gather(*(backend.start(revision, code) for _ in range(4)))
+    launch = make_launch("probe", "probe", code)
+    batches = await asyncio.gather(*(backend.start(launch) for _ in range(4)))
     handles = [handle for batch in batches for handle in batch]
     assert {h.extra["started_via"] for h in handles} == {"template"}
     assert len(backend.templates()) == 1  # concurrent first starts share one template
@@ -266,9 +287,9 @@ async def test_instances_started_at_once_all_answer(backend: LocalBackend, tmp_p
 
 async def test_a_fork_nobody_waits_for_is_stopped(backend: LocalBackend, tmp_path: Path) -> None:
     code = write(tmp_path, "probe", PROBE)
-    revision = make_revision("probe", "probe")
-    await backend.prepare(revision, code)
-    template = backend._templates[TemplateKey.of(revision, code)]
+    launch = make_launch("probe", "probe", code)
+    await backend.prepare(launch)
+    template = backend._templates[TemplateKey.of(launch)]
     await template.wait_ready(30)
     stray = subprocess.Popen(["sleep", "30"])  # stands in for a child whose start was cancelled
     try:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from backend_helpers import call, connect, make_revision
+from backend_helpers import call, connect, make_launch
 
 from tidal.backends.local import LocalBackend
 
@@ -83,8 +83,8 @@ async def test_torch_instances_fork_safely_and_get_their_threads(
 ) -> None:
     code = write(tmp_path, MATMUL)
     load_once = attribute == "Preloaded"
-    revision = make_revision("matmul", attribute, is_class=True, load_once=load_once, cpu=2.0)
-    handles = await backend.start(revision, code, 2)
+    launch = make_launch("matmul", attribute, code, is_class=True, load_once=load_once, cpu=2.0)
+    handles = await backend.start(launch, 2)
     assert [h.extra["started_via"] for h in handles] == ["template", "template"]
     for handle in handles:
         client, _ = await connect(handle)
@@ -101,7 +101,7 @@ async def test_torch_made_multi_threaded_by_user_code_is_not_forked(
     backend: LocalBackend, tmp_path: Path
 ) -> None:
     code = write(tmp_path, GREEDY)
-    (handle,) = await backend.start(make_revision("matmul", "greedy"), code)
+    (handle,) = await backend.start(make_launch("matmul", "greedy", code))
     assert handle.extra["started_via"] == "spawn"
     assert "threads" in handle.extra["template_error"]
     client, _ = await connect(handle)
@@ -110,8 +110,11 @@ async def test_torch_made_multi_threaded_by_user_code_is_not_forked(
 
 @pytest.mark.parametrize("load_once", [False, True])
 async def test_embed_torch_example_forks_and_embeds(backend: LocalBackend, load_once: bool) -> None:
-    revision = make_revision("main", "EmbedTorch", is_class=True, load_once=load_once, cpu=2.0, timeout=120.0)
-    handles = await backend.start(revision, str(EXAMPLES / "embed_torch"), 2)
+    code = str(EXAMPLES / "embed_torch")
+    launch = make_launch(
+        "main", "EmbedTorch", code, is_class=True, load_once=load_once, cpu=2.0, timeout="2m"
+    )
+    handles = await backend.start(launch, 2)
     for handle in handles:
         assert handle.extra["started_via"] == "template"
         client, ready = await connect(handle)

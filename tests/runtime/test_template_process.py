@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tidal.runtime.protocol import FrameReader, Invoke, Ready, Result, encode
+from tidal.runtime.protocol import FrameReader, Invoke, Message, Ready, Result, encode
 from tidal.runtime.template import (
     Exited,
     Fork,
@@ -112,8 +112,8 @@ def template(tmp_path: Path) -> Iterator[Template]:
     started.close()
 
 
-def frames(connection: socket.socket, count: int) -> list[object]:
-    reader, found = FrameReader(), []
+def frames(connection: socket.socket, count: int) -> list[Message]:
+    reader, found = FrameReader(), list[Message]()
     while len(found) < count:
         data = connection.recv(65536)
         assert data, "the instance closed the connection"

@@ -1,6 +1,13 @@
 import pytest
 
-from tidal.spec import SpecError, default_name, validate_spec
+from tidal.spec import (
+    DURATION_FIELDS,
+    FUNCTION_LEVEL_FIELDS,
+    SpecError,
+    default_name,
+    parse_duration,
+    validate_spec,
+)
 
 
 def test_defaults_a_user_expects() -> None:
@@ -33,3 +40,66 @@ def test_invalid_specs_name_the_field(raw: dict[str, object], message: str) -> N
 def test_default_names() -> None:
     assert default_name("MyEmbedder") == "my_embedder"
     assert default_name("echo") == "echo"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("5m", 300.0), ("1h", 3600.0), ("90", 90.0), (" 1.5m ", 90.0), ("0s", 0.0)],
+)
+def test_durations_read_as_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "x", "2 days", "1d", "-1s", "s", "2ss"])
+def test_a_bad_duration_says_what_a_good_one_is(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a duration: give seconds \(90\) or a number and a unit"):
+        parse_duration(text)
+
+
+def test_every_seconds_field_takes_a_duration() -> None:
+    spec = validate_spec(
+        {
+            "name": "x",
+            "timeout": "2m",
+            "stable_window": "90",
+            "panic_window": "1500ms",
+            "scale_down_delay": 5,
+            "scale_to_zero_after": "1h",
+        }
+    )
+    assert (spec.timeout, spec.stable_window, spec.panic_window) == (120.0, 90.0, 1.5)
+    assert (spec.scale_down_delay, spec.scale_to_zero_after) == (5.0, 3600.0)
+    durations = ["panic_window", "scale_down_delay", "scale_to_zero_after", "stable_window", "timeout"]
+    assert sorted(DURATION_FIELDS) == durations
+    assert spec.model_dump(mode="json")["timeout"] == 120.0  # stored as seconds, whatever was written
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "spec.timeout: Value error, 'soon' is not a duration"),
+        (True, "spec.timeout: Value error, a duration is a number of seconds or a string like 2s"),
+        ("2h", "spec.timeout: Input should be less than or equal to 3600"),
+    ],
+)
+def test_a_bad_duration_in_a_spec_names_the_field(value: object, message: str) -> None:
+    with pytest.raises(SpecError) as error:
+        validate_spec({"name": "x", "timeout": value})
+    assert message in str(error.value)
+
+
+def test_public_is_function_level_and_makes_no_new_revision() -> None:
+    assert sorted(FUNCTION_LEVEL_FIELDS) == ["public"]
+    private = validate_spec({"name": "x", "memory": 1024, "timeout": "30s"})
+    public = validate_spec({"name": "x", "memory": 1024, "timeout": "30s", "public": True})
+    assert private.revision_fields() == public.revision_fields()  # same digest: no new revision
+    assert "public" not in public.revision_fields()
+    assert (private.function_settings(), public.function_settings()) == ({"public": False}, {"public": True})
+    assert public.revision_fields()["timeout"] == 30.0 and public.revision_fields()["memory"] == 1024
+
+
+def test_the_two_halves_make_the_whole_spec() -> None:
+    spec = validate_spec({"name": "x", "env": {"A": "1"}, "public": True})
+    whole = {**spec.revision_fields(), **spec.function_settings()}
+    assert whole == spec.model_dump(mode="json")
+    assert validate_spec(whole) == spec  # a stored revision + function settings revalidate to the same spec

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tidal.spec import FunctionSpec
 from tidal.store.models import Revision
 
 
@@ -21,6 +22,15 @@ class Capacity:
     cpu: float
     memory_mb: int
     gpu: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What a backend needs to start instances of one revision: validated, typed, resolved once."""
+
+    revision: Revision
+    spec: FunctionSpec  # the revision's validated spec (function-level fields included, unused by backends)
+    code_dir: str
 
 
 @dataclass
@@ -43,23 +53,23 @@ ExitCallback = Callable[[InstanceHandle], Awaitable[None] | None]
 class Backend(Protocol):
     name: str
 
-    async def start(self, revision: Revision, code_dir: str, count: int = 1) -> list[InstanceHandle]:
-        """Launch ``count`` instances; returns at once (readiness arrives over the connection)."""
+    async def start(self, launch: InstanceSpec, count: int = 1) -> list[InstanceHandle]:
+        """Launch ``count`` instances of ``launch.revision``; returns at once (readiness comes as a frame)."""
         ...
 
     async def stop(self, instance: InstanceHandle, grace_s: float = 5.0) -> None:
         """Stop an instance: polite first, forceful after ``grace_s``."""
         ...
 
-    async def prepare(self, revision: Revision, code_dir: str) -> None:
-        """Get ready to start instances of ``revision`` fast (the local backend warms a template).
+    async def prepare(self, launch: InstanceSpec) -> None:
+        """Get ready to start instances of ``launch.revision`` fast (the local backend warms a template).
 
         Returns at once; the work goes on in the background. A backend with nothing to warm does nothing.
         """
         ...
 
-    async def release(self, revision: Revision, code_dir: str) -> None:
-        """``revision`` will start no more instances (it was retired): drop what ``prepare`` warmed."""
+    async def release(self, launch: InstanceSpec) -> None:
+        """``launch.revision`` will start no more instances (it was retired): drop what ``prepare`` warmed."""
         ...
 
     def instances(self, revision: str | None = None) -> list[InstanceHandle]:

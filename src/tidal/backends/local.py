@@ -36,12 +36,12 @@ from typing import Any
 
 import msgspec
 
-from tidal.backends.base import Capacity, ExitCallback, InstanceHandle
+from tidal.backends.base import Capacity, ExitCallback, InstanceHandle, InstanceSpec
 from tidal.backends.spawn import spawn_module
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
-from tidal.store.models import Revision
+from tidal.spec import FunctionSpec
 
 log = logging.getLogger("tidal.backends.local")
 
@@ -109,21 +109,21 @@ class LocalBackend:
 
     # -- templates --------------------------------------------------------------------------------
 
-    async def prepare(self, revision: Revision, code_dir: str) -> None:
+    async def prepare(self, launch: InstanceSpec) -> None:
         """Start the revision's template in the background, so its first cold start is a fork."""
         if not self.use_templates or self._closed:
             return
-        key = TemplateKey.of(revision, code_dir)
-        self._template_users.setdefault(key, set()).add(revision.id)
+        key = TemplateKey.of(launch)
+        self._template_users.setdefault(key, set()).add(launch.revision.id)
         if key not in self._templates and not self._recently_failed(key):
             with contextlib.suppress(TemplateUnavailable):
                 await self._launch_template(key)
 
-    async def release(self, revision: Revision, code_dir: str) -> None:
+    async def release(self, launch: InstanceSpec) -> None:
         """The revision is retired: stop its template unless another live revision shares it."""
-        key = TemplateKey.of(revision, code_dir)
+        key = TemplateKey.of(launch)
         users = self._template_users.get(key, set())
-        users.discard(revision.id)
+        users.discard(launch.revision.id)
         if users:
             return
         self._template_users.pop(key, None)
@@ -153,10 +153,10 @@ class LocalBackend:
             raise TemplateUnavailable(str(exc)) from None
         return template
 
-    async def _template(self, revision: Revision, code_dir: str) -> TemplateProcess:
+    async def _template(self, launch: InstanceSpec) -> TemplateProcess:
         """The revision's ready template (started now if need be), or TemplateUnavailable."""
-        key = TemplateKey.of(revision, code_dir)
-        self._template_users.setdefault(key, set()).add(revision.id)
+        key = TemplateKey.of(launch)
+        self._template_users.setdefault(key, set()).add(launch.revision.id)
         template = self._templates.get(key)
         if template is None:
             failure = self._failures.get(key)
@@ -195,31 +195,31 @@ class LocalBackend:
 
     # -- instances --------------------------------------------------------------------------------
 
-    async def start(self, revision: Revision, code_dir: str, count: int = 1) -> list[InstanceHandle]:
-        return [await self._start_one(revision, code_dir) for _ in range(count)]
+    async def start(self, launch: InstanceSpec, count: int = 1) -> list[InstanceHandle]:
+        return [await self._start_one(launch) for _ in range(count)]
 
-    async def _start_one(self, revision: Revision, code_dir: str) -> InstanceHandle:
-        spec = revision.spec
+    async def _start_one(self, launch: InstanceSpec) -> InstanceHandle:
+        revision, spec = launch.revision, launch.spec
         instance_id = f"{revision.id}-{secrets.token_hex(3)}"
         socket_path = self.socket_dir / f"{instance_id}.sock"
         config = InstanceConfig(
             instance_id=instance_id,
             function=revision.function,
             revision=revision.id,
-            code_dir=code_dir,
+            code_dir=launch.code_dir,
             module=revision.module,
             attribute=revision.attribute,
             is_class=revision.is_class,
             style=revision.style,
-            timeout=float(spec["timeout"]),  # type: ignore[arg-type]
-            concurrency=int(spec["concurrency"]),  # type: ignore[call-overload]
-            memory_mb=int(spec["memory"]),  # type: ignore[call-overload]
+            timeout=spec.timeout,
+            concurrency=spec.concurrency,
+            memory_mb=spec.memory,
         )
         handle = InstanceHandle(
             id=instance_id,
             revision=revision.id,
             address=f"unix:{socket_path}",
-            capacity=Capacity(cpu=float(spec["cpu"]), memory_mb=int(spec["memory"]), gpu=int(spec["gpu"])),  # type: ignore[arg-type, call-overload]
+            capacity=Capacity(cpu=spec.cpu, memory_mb=spec.memory, gpu=spec.gpu),
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
         )
@@ -231,7 +231,7 @@ class LocalBackend:
             listener.listen(8)
             running = None
             if self.use_templates:
-                running = await self._fork(revision, code_dir, config, listener, handle, socket_path)
+                running = await self._fork(launch, config, listener, handle, socket_path)
             if running is None:
                 running = await self._spawn(spec, config, listener, handle, socket_path)
         except BaseException:
@@ -248,28 +248,24 @@ class LocalBackend:
 
     async def _fork(
         self,
-        revision: Revision,
-        code_dir: str,
+        launch: InstanceSpec,
         config: InstanceConfig,
         listener: socket.socket,
         handle: InstanceHandle,
         socket_path: Path,
     ) -> _Running | None:
         try:
-            template = await self._template(revision, code_dir)
+            template = await self._template(launch)
             pid, fork_ms, exited = await template.fork(
-                config,
-                listener,
-                handle.log_path or "/dev/null",
-                float(revision.spec["cpu"]),  # type: ignore[arg-type]
+                config, listener, handle.log_path or "/dev/null", launch.spec.cpu
             )
         except TemplateUnavailable as exc:
-            failure = self._failures.get(TemplateKey.of(revision, code_dir))
+            failure = self._failures.get(TemplateKey.of(launch))
             quiet = failure is not None and failure.warned  # one warning per template failure
             if failure is not None:
                 failure.warned = True
             level = logging.DEBUG if quiet else logging.WARNING
-            log.log(level, "instance of %s starts as a fresh process: %s", revision.id, exc)
+            log.log(level, "instance of %s starts as a fresh process: %s", launch.revision.id, exc)
             handle.extra["template_error"] = str(exc)[:500]
             return None
         handle.pid = pid
@@ -278,7 +274,7 @@ class LocalBackend:
 
     async def _spawn(
         self,
-        spec: dict[str, object],
+        spec: FunctionSpec,
         config: InstanceConfig,
         listener: socket.socket,
         handle: InstanceHandle,
@@ -286,7 +282,7 @@ class LocalBackend:
     ) -> _Running:
         env = {
             **os.environ,
-            **{str(key): str(value) for key, value in dict(spec.get("env") or {}).items()},  # type: ignore[call-overload]
+            **spec.env,
             "TIDAL_INSTANCE": msgspec.json.encode(config).decode(),
             "TIDAL_LISTEN_FD": str(listener.fileno()),
             "PYTHONUNBUFFERED": "1",

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from tidal.backends.base import InstanceSpec
 from tidal.backends.spawn import spawn_module
 from tidal.runtime.template import (
     MAX_MESSAGE,
@@ -38,7 +39,6 @@ from tidal.runtime.template import (
     encode,
 )
 from tidal.runtime.worker import InstanceConfig
-from tidal.store.models import Revision
 
 log = logging.getLogger("tidal.backends.local")
 
@@ -64,12 +64,11 @@ class TemplateKey(NamedTuple):
     load_once: bool
 
     @classmethod
-    def of(cls, revision: Revision, code_dir: str) -> TemplateKey:
-        spec = revision.spec
-        load_once = bool(spec.get("load_once", False))
-        env = tuple(sorted((str(k), str(v)) for k, v in dict(spec.get("env") or {}).items()))  # type: ignore[call-overload]
-        attribute, is_class = (revision.attribute, revision.is_class) if load_once else (None, False)
-        return cls(code_dir, revision.module, attribute, is_class, env, load_once)
+    def of(cls, launch: InstanceSpec) -> TemplateKey:
+        revision, spec = launch.revision, launch.spec
+        env = tuple(sorted(spec.env.items()))
+        attribute, is_class = (revision.attribute, revision.is_class) if spec.load_once else (None, False)
+        return cls(launch.code_dir, revision.module, attribute, is_class, env, spec.load_once)
 
 
 class TemplateProcess:

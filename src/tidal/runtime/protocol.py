@@ -90,6 +90,9 @@ class Error(Frame, tag="error", frozen=True):
     # The call's thread is still running after its deadline (Python cannot stop a thread): the
     # instance asks to be drained and replaced, the way Lambda discards a timed-out environment.
     recycle: bool = False
+    # The caller sent unusable input (the function raised tidal.InputError, or the JSON body was
+    # malformed): a 4xx for the client, not a crash of the function; no traceback is logged.
+    caller_fault: bool = False
 
 
 Message = Invoke | Cancel | Ready | SetupFailed | Result | Chunk | End | Error

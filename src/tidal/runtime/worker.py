@@ -46,6 +46,7 @@ from tidal.runtime.protocol import (
     encode,
 )
 from tidal.sdk.context import Context
+from tidal.sdk.errors import InputError
 
 # An instance whose gateway never connects (it died, or gave up on the start) does not linger.
 ACCEPT_TIMEOUT_S = 120.0
@@ -120,7 +121,11 @@ class Worker:
                 Error(request.id, "Timeout", message, stats, logs, recycle=request.id in self.in_threads)
             )
         except codec.BadRequest as exc:
-            self.send(Error(request.id, "BadRequest", str(exc), self.stats(started, cpu_box)))
+            stats = self.stats(started, cpu_box)
+            self.send(Error(request.id, "BadRequest", str(exc), stats, caller_fault=True))
+        except InputError as exc:  # the function refused its input: the caller's fault, not a crash
+            stats, logs = self.stats(started, cpu_box, cpu_started), capture.collected(buffer)
+            self.send(Error(request.id, type(exc).__name__, str(exc), stats, logs, caller_fault=True))
         except Exception as exc:
             print(traceback.format_exc(), file=sys.stderr, end="")
             stats = self.stats(started, cpu_box, cpu_started)
