@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import re
 import sys
 import time
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.table import Table
 
 from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
+from tidal.spec import DURATION_FIELDS, FunctionSpec, default_text, is_duration, parse_duration
 
 app = typer.Typer(
     help="tidal: serverless AI inference on your own machines.",
@@ -85,15 +90,20 @@ def up(
     import uvicorn
 
     from tidal.gateway.app import Gateway
-    from tidal.gateway.platform import GatewayConfig
+    from tidal.gateway.platform import GatewayConfig, StateDirBusy
+    from tidal.store.errors import StoreError
 
     for path in deploy or []:
         if not path.exists():
             fail(f"--deploy {path}: no such file or folder")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gateway = Gateway(
-        GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or []))
-    )
+    try:
+        gateway = Gateway(
+            GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or []))
+        )
+    except (StateDirBusy, StoreError) as exc:
+        fail(str(exc))
+        raise AssertionError from None  # fail() exits
     err.print(
         f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})"
     )
@@ -114,7 +124,80 @@ def up(
         raise typer.Exit(1)
 
 
+# Flags whose "off" side is not --no-FLAG.
+OFF_SWITCHES = {"public": "--private"}
+
+
+def spec_flag(name: str) -> str:
+    """The ``tidal deploy`` flag of a spec field: ``min_instances`` -> ``--min-instances``."""
+    return "--" + name.replace("_", "-")
+
+
+def spec_flag_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    """One ``tidal deploy`` option for a FunctionSpec field, typed and described from the field.
+
+    None is "not given": the spec from the code and tidal.toml stands.
+    """
+    flag = spec_flag(name)
+    # Backticks are Markdown for the README's table; a terminal shows them as they are.
+    help_text = f"{field.description} (default {default_text(name)})".replace("`", "")
+    option_type: Any = field.annotation
+    decls = [flag]
+    metavar = None
+    if is_duration(field):
+        option_type, metavar = str, "DURATION"  # parsed by seconds(): 2s, 500ms, 5m, 1h
+    elif option_type is bool:
+        decls = [f"{flag}/{OFF_SWITCHES.get(name, '--no-' + flag[2:])}"]
+    elif typing.get_origin(option_type) is dict:
+        option_type, metavar = list[str], "KEY=VALUE"
+        help_text += "; repeatable"
+    elif typing.get_origin(option_type) in (types.UnionType, typing.Union):  # float | None
+        (option_type,) = [arg for arg in typing.get_args(option_type) if arg is not type(None)]
+    option = typer.Option(*decls, help=help_text, metavar=metavar, show_default=False)
+    annotation = cast(Any, Annotated)[option_type | None, option]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def with_spec_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one keyword option per FunctionSpec field (but ``name``, its own option).
+
+    Typer reads a command's parameters from its signature, so the signature is extended here:
+    a new spec field is a new flag, with no edit to this file.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    flags = [
+        spec_flag_parameter(name, field)
+        for name, field in FunctionSpec.model_fields.items()
+        if name != "name"
+    ]
+    command.__signature__ = signature.replace(parameters=[*fixed, *flags])  # type: ignore[attr-defined]
+    return command
+
+
+def spec_overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields given on the command line, as the gateway takes them (durations in seconds)."""
+    overrides: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None or value == []:
+            continue
+        if name in DURATION_FIELDS:
+            value = seconds(value, spec_flag(name))
+        elif isinstance(value, list):  # a dict field given as KEY=VALUE ... (env)
+            value = key_values(value, spec_flag(name))
+        overrides[name] = value
+    return overrides
+
+
+def key_values(items: list[str], flag: str) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    if any(not sep for _, sep, _ in pairs):
+        fail(f"{flag} takes KEY=VALUE")
+    return {key: value for key, _, value in pairs}
+
+
 @app.command()
+@with_spec_flags
 def deploy(
     path: Annotated[Path, typer.Argument(help="a .py file or a folder (with main.py or a tidal.toml)")],
     name: Annotated[
@@ -123,52 +206,14 @@ def deploy(
     handler: Annotated[str | None, typer.Option(help="Lambda-style handler: NAME or module.NAME")] = None,
     style: Annotated[str | None, typer.Option(help="native | lambda | lambda-http")] = None,
     entry: Annotated[str | None, typer.Option(help="file to run inside a folder (default main.py)")] = None,
-    memory: Annotated[int | None, typer.Option(help="MiB per instance")] = None,
-    cpu: Annotated[float | None, typer.Option(help="cores per instance")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds per invocation")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="requests in flight per instance")] = None,
-    min_instances: Annotated[int | None, typer.Option(help="instances kept warm")] = None,
-    max_instances: Annotated[int | None, typer.Option(help="most instances")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the instances (repeatable)")] = None,
-    public: Annotated[bool | None, typer.Option("--public/--private", help="invoke without a key")] = None,
-    target_concurrency: Annotated[float | None, typer.Option(help="in flight per instance to aim at")] = None,
-    scale_to_zero_after: Annotated[
-        str | None, typer.Option(help="idle time before the last instance goes: 2s, 500ms, 5m")
-    ] = None,
-    scale_down_delay: Annotated[
-        str | None, typer.Option(help="how long demand must stay low to scale down")
-    ] = None,
-    stable_window: Annotated[str | None, typer.Option(help="averaging window of the autoscaler")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="requests held while no instance has room")] = None,
-    load_once: Annotated[
-        bool | None, typer.Option("--load-once/--no-load-once", help="run setup() in the template")
-    ] = None,
+    **spec_flags: Any,
 ) -> None:
-    """Deploy a function: a new revision when code or spec changed, a no-op otherwise."""
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "memory": memory,
-            "cpu": cpu,
-            "timeout": timeout,
-            "concurrency": concurrency,
-            "min_instances": min_instances,
-            "max_instances": max_instances,
-            "public": public,
-            "target_concurrency": target_concurrency,
-            "max_queue": max_queue,
-            "load_once": load_once,
-            "scale_to_zero_after": seconds(scale_to_zero_after, "--scale-to-zero-after"),
-            "scale_down_delay": seconds(scale_down_delay, "--scale-down-delay"),
-            "stable_window": seconds(stable_window, "--stable-window"),
-        }.items()
-        if value is not None
-    }
-    if env:
-        pairs = [item.partition("=") for item in env]
-        if any(not sep for _, sep, _ in pairs):
-            fail("--env takes KEY=VALUE")
-        overrides["env"] = {key: value for key, _, value in pairs}
+    """Deploy a function: a new revision when code or spec changed, a no-op otherwise.
+
+    Every spec field is a flag (they win over the code's and tidal.toml's); durations take 2s,
+    500ms, 5m or 1h.
+    """
+    overrides = spec_overrides(spec_flags)
     options = {"name": name, "handler": handler, "style": style, "entry": entry}
     try:
         with client() as api:
@@ -369,19 +414,15 @@ def keys_revoke(key_id: str) -> None:
     out.print(f"revoked {key_id}")
 
 
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
 def seconds(text: str | None, flag: str) -> float | None:
-    """``2s`` -> 2.0, ``500ms`` -> 0.5, ``5m`` -> 300.0, ``90`` -> 90.0 (seconds)."""
+    """``2s`` -> 2.0, ``500ms`` -> 0.5, ``5m`` -> 300.0, ``90`` -> 90.0 (seconds); a bad one exits."""
     if text is None:
         return None
-    match = DURATION.match(text)
-    if match is None:
+    try:
+        return parse_duration(text)
+    except ValueError:
         fail(f"{flag} takes a duration like 2s, 500ms, 5m or 1h, not {text!r}")
-        raise AssertionError  # fail() exits
-    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+        raise AssertionError from None  # fail() exits
 
 
 def _time(epoch: float) -> str:

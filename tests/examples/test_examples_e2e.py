@@ -109,16 +109,16 @@ def test_digits_classifies_heldout_images(tidal_server: Any, deploy: Any, digits
     assert single == {"digit": predicted[0]}
 
 
-def test_digits_bad_input_is_a_500_with_the_error(
-    tidal_server: Any, deploy: Any, digits_heldout: Any
-) -> None:
+def test_digits_bad_input_is_the_callers_fault(tidal_server: Any, deploy: Any, digits_heldout: Any) -> None:
     deploy(EXAMPLES / "digits")
     response = tidal_server.client.post("/fn/digits", json={"pixels": [1, 2, 3]})
-    assert response.status_code == 500, response.text
+    assert response.status_code == 422, response.text
     error = response.json()["error"]
-    assert error["type"] == "ValueError"
+    assert error["type"] == "InputError"
     assert "64" in error["message"]
-    assert error["activation"]
+    record = tidal_server.client.get(f"/v1/activations/{error['activation']}").json()
+    assert (record["status"], record["http_status"]) == ("bad_input", 422)
+    assert "Traceback" not in record["logs"], "a rejected input is not a crash"
 
 
 # ---------------------------------------------------------------- embeddings
@@ -136,18 +136,18 @@ def cosine_checks(tidal_server: Any, name: str) -> None:
     assert related > max(unrelated) + 0.2, f"related {related:.3f}, unrelated {unrelated}"
 
 
-def missing_texts_is_a_value_error(tidal_server: Any, name: str) -> None:
+def missing_texts_is_an_input_error(tidal_server: Any, name: str) -> None:
     response = tidal_server.client.post(f"/fn/{name}", json={"sentences": ["x"]})
-    assert response.status_code == 500, response.text
+    assert response.status_code == 422, response.text
     error = response.json()["error"]
-    assert error["type"] == "ValueError"
+    assert error["type"] == "InputError"
     assert "texts" in error["message"]
 
 
 def test_embed_onnx_related_sentences_are_closer(tidal_server: Any, deploy: Any) -> None:
     deploy(EXAMPLES / "embed")
     cosine_checks(tidal_server, "embed")
-    missing_texts_is_a_value_error(tidal_server, "embed")
+    missing_texts_is_an_input_error(tidal_server, "embed")
 
 
 @pytest.mark.timeout(600)
@@ -155,7 +155,7 @@ def test_embed_torch_related_sentences_are_closer(tidal_server: Any, deploy: Any
     # Cold start: importing torch + sentence-transformers takes about 5 s on 2 cores, loading 0.3 s.
     deploy(EXAMPLES / "embed_torch")
     cosine_checks(tidal_server, "embed_torch")
-    missing_texts_is_a_value_error(tidal_server, "embed_torch")
+    missing_texts_is_an_input_error(tidal_server, "embed_torch")
 
 
 # ---------------------------------------------------------------- AWS Lambda handlers

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tidal.backends.base import InstanceSpec
 from tidal.backends.local import LocalBackend
 from tidal.router.pool import QueueFull, RevisionPool, RevisionRetired
 from tidal.runtime.protocol import Invoke, Result
@@ -54,7 +55,7 @@ async def call(pool: RevisionPool, seconds: float) -> float:
 async def test_scale_down_drains_the_requests_an_instance_holds(tmp_path: Path, code_dir: Path) -> None:
     backend = LocalBackend(tmp_path / "state")
     spec = validate_spec(revision(code_dir).spec)
-    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    pool = RevisionPool(InstanceSpec(revision(code_dir), spec, str(code_dir)), backend)
     try:
         running = asyncio.create_task(call(pool, 1.0))
         while not pool.ready or pool.ready[0].assigned == 0:
@@ -76,7 +77,7 @@ async def test_scale_down_drains_the_requests_an_instance_holds(tmp_path: Path, 
 async def test_queue_bound_and_fifo_and_retirement(tmp_path: Path, code_dir: Path) -> None:
     backend = LocalBackend(tmp_path / "state")
     spec = validate_spec({**revision(code_dir).spec, "max_queue": 2})
-    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    pool = RevisionPool(InstanceSpec(revision(code_dir), spec, str(code_dir)), backend)
     try:
         first = asyncio.create_task(call(pool, 0.3))
         await asyncio.sleep(0)
@@ -107,7 +108,7 @@ async def test_scale_down_gives_up_a_starting_instance_before_a_ready_one(
 ) -> None:
     backend = LocalBackend(tmp_path / "state")
     spec = validate_spec(revision(code_dir).spec)
-    pool = RevisionPool(revision(code_dir), str(code_dir), backend, spec)
+    pool = RevisionPool(InstanceSpec(revision(code_dir), spec, str(code_dir)), backend)
     try:
         pool.scale_to(1, "test: one warm instance")
         while not pool.ready:

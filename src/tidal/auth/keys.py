@@ -5,25 +5,31 @@ fast hash is enough: there is nothing to brute-force). Scopes: ``admin`` (everyt
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import secrets
-from dataclasses import dataclass
-from enum import Enum
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidal.store.models import KeyRecord
-from tidal.store.sqlite import SQLiteStore
+from tidal.store.protocols import KeyStore
 
 SCOPE_PATTERN = re.compile(r"^(admin|invoke:\*|invoke:[a-z][a-z0-9_-]{0,62})$")
 ADMIN_KEY_FILE = "admin.key"
 
 
-class Access(Enum):
-    GRANTED = "granted"
-    UNAUTHENTICATED = "unauthenticated"  # no key, or one we do not know (401)
-    FORBIDDEN = "forbidden"  # a valid key without the scope (403)
+# How long a looked-up key is trusted before the store is asked again: a key revoked through
+# another gateway sharing the store stops working within this time (this gateway's own
+# revocations take effect at once).
+KNOWN_KEY_TTL_S = 30.0
+# How long a hash the store does not know is answered 401 without asking again: a flood of bad
+# keys costs one store lookup each per this time, not one per request.
+UNKNOWN_KEY_TTL_S = 5.0
+MAX_UNKNOWN = 10_000
 
 
 def hash_key(key: str) -> str:
@@ -42,7 +48,7 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return scopes
 
 
-def allows(scopes: list[str], needed: str) -> bool:
+def allows(scopes: Collection[str], needed: str) -> bool:
     """Whether ``scopes`` grant ``needed`` ("admin" or "invoke:NAME").
 
     >>> allows(["invoke:embed"], "invoke:embed"), allows(["invoke:*"], "invoke:x"), allows(["invoke:x"], "admin")
@@ -53,14 +59,53 @@ def allows(scopes: list[str], needed: str) -> bool:
     return needed.startswith("invoke:") and "invoke:*" in scopes
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is invoking: an API key (its id and scopes), nobody, or the platform itself.
+
+    ``presented`` tells "no key" from "a key we do not know": both get 401 where a key is needed.
+    """
+
+    key_id: str = ""
+    scopes: frozenset[str] = frozenset()
+    presented: bool = False
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.scopes)
+
+    def may(self, needed: str) -> bool:
+        return allows(self.scopes, needed)
+
+    def may_invoke(self, function: str) -> bool:
+        return allows(self.scopes, "invoke:" + function)
+
+
+ANONYMOUS = Caller()
+UNKNOWN_KEY = Caller(presented=True)
+# Triggers the platform runs on a function's behalf (cron ticks, bucket events) were authorised by
+# an admin when they were set up; they invoke as the platform.
+PLATFORM = Caller(key_id="platform", scopes=frozenset({"admin"}), presented=True)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
 @dataclass
 class KeyRing:
-    """Key checks for the gateway, with an in-memory cache of known hashes (cleared on change)."""
+    """Key checks for the gateway. Known keys are answered from memory; a miss is looked up in a
+    thread, so no request ever waits on the store on the event loop.
+    """
 
-    store: SQLiteStore
-
-    def __post_init__(self) -> None:
-        self._known: dict[str, KeyRecord] = {}
+    store: KeyStore
+    clock: Callable[[], float] = time.monotonic
+    _known: dict[str, tuple[KeyRecord, float]] = field(default_factory=dict)  # hash -> (record, expires)
+    _unknown: dict[str, float] = field(default_factory=dict)  # hash -> expires
 
     def create(self, scopes: list[str], description: str = "") -> tuple[KeyRecord, str]:
         key_id, key = new_key()
@@ -68,23 +113,32 @@ class KeyRing:
         return record, key
 
     def revoke(self, key_id: str) -> bool:
+        revoked = self.store.revoke_key(key_id)
         self._known.clear()
-        return self.store.revoke_key(key_id)
+        return revoked
 
-    def check(self, authorization: str | None, needed: str) -> tuple[Access, KeyRecord | None]:
-        if not authorization:
-            return Access.UNAUTHENTICATED, None
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return Access.UNAUTHENTICATED, None
-        key_hash = hash_key(key.strip())
-        record = self._known.get(key_hash)
-        if record is None:
-            record = self.store.key_by_hash(key_hash)
-            if record is None or record.revoked_at is not None:
-                return Access.UNAUTHENTICATED, None
-            self._known[key_hash] = record
-        return (Access.GRANTED if allows(record.scopes, needed) else Access.FORBIDDEN), record
+    async def identify(self, authorization: str | None) -> Caller:
+        """The caller an ``Authorization`` header names: a known key, an unknown one, or nobody."""
+        key = bearer_token(authorization)
+        if key is None:
+            return UNKNOWN_KEY if authorization else ANONYMOUS
+        key_hash = hash_key(key)
+        now = self.clock()
+        known = self._known.get(key_hash)
+        if known is not None and known[1] > now:
+            return _caller(known[0])
+        if self._unknown.get(key_hash, 0.0) > now:
+            return UNKNOWN_KEY
+        record = await asyncio.to_thread(self.store.key_by_hash, key_hash)
+        if record is None or record.revoked_at is not None:
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown[key_hash] = now + UNKNOWN_KEY_TTL_S
+            self._known.pop(key_hash, None)
+            return UNKNOWN_KEY
+        self._known[key_hash] = (record, now + KNOWN_KEY_TTL_S)
+        self._unknown.pop(key_hash, None)
+        return _caller(record)
 
     def ensure_admin_key_file(self, state_dir: Path) -> Path:
         """Create ``<state-dir>/admin.key`` (mode 0600) holding a fresh admin key, once."""
@@ -94,8 +148,13 @@ class KeyRing:
             if known is not None and known.revoked_at is None:
                 return path
         _, key = self.create(["admin"], "admin key of `tidal up`")
+        self._unknown.clear()
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(key + "\n")
         os.chmod(path, 0o600)
         return path
+
+
+def _caller(record: KeyRecord) -> Caller:
+    return Caller(record.id, frozenset(record.scopes), presented=True)

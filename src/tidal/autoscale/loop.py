@@ -39,21 +39,12 @@ class Autoscaler:
         self.on_event = on_event
         self._history: dict[str, PoolHistory] = {}
         self._poked = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
         self._poked.set()
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Decide every tick, or at once when poked; runs under the gateway's supervisor."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self.tick_s)

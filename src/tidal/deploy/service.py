@@ -8,20 +8,19 @@ bundle's ``tidal.toml``, the deploy command's flags.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tidal.deploy.bundle import BundleError, unpack
-from tidal.router.router import Router
 from tidal.spec import SpecError, Style, default_name, validate_spec
-from tidal.store.models import Revision
-from tidal.store.sqlite import SQLiteStore
+from tidal.store.models import Revision, revision_digest
+from tidal.store.protocols import FunctionStore
 
 INSPECT_TIMEOUT_S = 180.0
 DEPLOY_CONFIG = "tidal.toml"
@@ -49,12 +48,18 @@ class Deployed:
 
 
 class Deployer:
+    """Stores revisions and the function's settings and traffic, then has them published (served)."""
+
     def __init__(
-        self, store: SQLiteStore, router: Router, code_root: Path, python: str = sys.executable
+        self,
+        store: FunctionStore,
+        code_root: Path,
+        publish: Callable[[str], Awaitable[object]],
+        python: str = sys.executable,
     ) -> None:
         self.store = store
-        self.router = router
         self.code_root = code_root
+        self.publish = publish
         self.python = python
         self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
 
@@ -87,12 +92,18 @@ class Deployer:
                 spec_input = {**item["spec"], **declared_spec, **options.overrides}
                 spec_input["name"] = name or spec_input.get("name") or default
                 try:
-                    spec = validate_spec(spec_input).model_dump()
+                    spec = validate_spec(spec_input)
                 except SpecError as exc:
                     raise DeployError(f"function {spec_input['name']!r}: {exc}") from None
-                draft = _draft(spec, code_digest, module, item["attribute"], item["is_class"], style)
-                revision, created = await asyncio.to_thread(self.store.add_revision, draft)
-                self.router.activate(revision, str(code_dir))
+                # Function-level settings (who may call it) are not part of the revision: changing
+                # them updates the function, never makes a new revision or a cold start.
+                draft = _draft(
+                    spec.revision_fields(), code_digest, module, item["attribute"], item["is_class"], style
+                )
+                revision, created = await asyncio.to_thread(
+                    self.store.add_revision, draft, spec.function_settings(), True
+                )
+                await self.publish(revision.function)
                 deployed.append(Deployed(revision, created))
             return deployed
 
@@ -164,12 +175,11 @@ def _module_and_handler(entry: str, handler: str | None, names: list[str]) -> tu
 def _draft(
     spec: dict[str, Any], code_digest: str, module: str, attribute: str, is_class: bool, style: Style
 ) -> Revision:
-    identity = json.dumps([code_digest, module, attribute, is_class, style.value, spec], sort_keys=True)
     return Revision(
         id="",
         function=spec["name"],
         number=0,
-        digest=hashlib.sha256(identity.encode()).hexdigest(),
+        digest=revision_digest(code_digest, module, attribute, is_class, style.value, spec),
         code_digest=code_digest,
         module=module,
         attribute=attribute,

@@ -14,7 +14,6 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from tidal.auth.keys import Access
 from tidal.deploy.service import DeployError, DeployOptions
 from tidal.gateway.platform import Platform
 from tidal.router.router import Route
@@ -32,14 +31,15 @@ def platform_of(request: Request) -> Platform:
     return platform
 
 
-def require_admin(
+async def require_admin(
     request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Platform:
+    """Runs on the event loop (not FastAPI's thread pool): routes read state the loop owns."""
     platform = platform_of(request)
-    access, _ = platform.keys.check(authorization, "admin")
-    if access is Access.UNAUTHENTICATED:
+    caller = await platform.keys.identify(authorization)
+    if not caller.authenticated:
         raise ApiError(401, "Unauthorized", "a valid admin API key is required (Authorization: Bearer KEY)")
-    if access is Access.FORBIDDEN:
+    if not caller.may("admin"):
         raise ApiError(403, "Forbidden", "this key lacks the admin scope")
     return platform
 
@@ -64,38 +64,55 @@ def _route_or_404(platform: Platform, name: str) -> Route:
     return route
 
 
-def describe_function(
+INSTANCE_COUNTS = ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
+                   "start_failures", "start_retry_in_s", "lost", "recycled", "rejected")  # fmt: skip
+
+
+async def describe_function(
     platform: Platform, route: Route, revisions: list[Revision] | None = None
 ) -> dict[str, Any]:
-    pool = route.pool.describe()
+    """One function as the API shows it. Instance counts are the primary revision's (the one with the
+    largest share); ``traffic`` lists every serving revision with its own counts.
+    """
+    primary = route.primary
+    pool = primary.pool.describe()
+    spec = {**primary.spec.model_dump(mode="json"), "public": route.public}
     body: dict[str, Any] = {
         "name": route.function,
         "url": f"/fn/{route.function}",
-        "revision": route.revision.id,
-        "style": route.style,
-        "spec": route.spec.model_dump(),
-        "instances": {
-            key: pool[key]
-            for key in ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
-                        "start_failures", "start_retry_in_s", "lost", "recycled", "rejected")
-        },
-    }  # fmt: skip
+        "revision": primary.revision.id,
+        "style": primary.revision.style,
+        "public": route.public,
+        "spec": spec,
+        "traffic": [
+            {
+                "revision": target.revision.id,
+                "percent": target.percent,
+                "tag": target.tag,
+                **{key: target.pool.describe()[key] for key in ("ready", "starting", "in_flight", "queued")},
+            }
+            for target in route.targets
+        ],
+        "instances": {key: pool[key] for key in INSTANCE_COUNTS},
+    }
     body["instances"]["list"] = pool["instances"]
     if revisions is not None:
         body["revisions"] = [_plain(revision) for revision in revisions]
-        body["events"] = platform.store.scaling_events(route.function)
+        body["events"] = await asyncio.to_thread(platform.store.scaling_events, route.function)
     return body
 
 
 @router.get("/functions", summary="List functions")
-def list_functions(platform: Admin) -> dict[str, Any]:
-    return {"functions": [describe_function(platform, route) for route in platform.router.routes.values()]}
+async def list_functions(platform: Admin) -> dict[str, Any]:
+    routes = list(platform.router.routes.values())
+    return {"functions": [await describe_function(platform, route) for route in routes]}
 
 
-@router.get("/functions/{name}", summary="A function: spec, revisions, instances")
-def get_function(name: str, platform: Admin) -> dict[str, Any]:
+@router.get("/functions/{name}", summary="A function: spec, traffic, revisions, instances")
+async def get_function(name: str, platform: Admin) -> dict[str, Any]:
     route = _route_or_404(platform, name)
-    return describe_function(platform, route, platform.store.revisions(name))
+    revisions = await asyncio.to_thread(platform.store.revisions, name)
+    return await describe_function(platform, route, revisions)
 
 
 @router.post("/functions", status_code=201, summary="Deploy a code bundle (zip) as new revisions")
@@ -142,37 +159,36 @@ async def deploy(
 
 @router.delete("/functions/{name}", summary="Remove a function, its revisions and instances")
 async def remove_function(name: str, platform: Admin) -> dict[str, Any]:
-    in_router = platform.router.remove(name)
     in_store = await asyncio.to_thread(platform.store.delete_function, name)
+    in_router = platform.router.remove(name)
     if not (in_router or in_store):
         raise ApiError(404, "NotFound", f"no function named {name!r}")
     return {"deleted": name}
 
 
 @router.get("/functions/{name}/revisions", summary="Revisions, newest first")
-def list_revisions(name: str, platform: Admin) -> dict[str, Any]:
-    revisions = platform.store.revisions(name)
+async def list_revisions(name: str, platform: Admin) -> dict[str, Any]:
+    revisions = await asyncio.to_thread(platform.store.revisions, name)
     if not revisions:
         raise ApiError(404, "NotFound", f"no function named {name!r}")
     return {"revisions": [_plain(revision) for revision in revisions]}
 
 
-def _known_function(platform: Platform, name: str) -> None:
-    if platform.router.route(name) is None and not platform.store.revisions(name):
+async def _known_function(platform: Platform, name: str) -> None:
+    if platform.router.route(name) is None and not await asyncio.to_thread(platform.store.revisions, name):
         raise ApiError(404, "NotFound", f"no function named {name!r}")
 
 
 async def _flushed(platform: Platform) -> None:
     """Activations are written in batches; a reader asking now should see the ones already done."""
-    if platform.recorder is not None:
-        await platform.recorder.flush()
+    await platform.recorder.flush()
 
 
 @router.get("/functions/{name}/activations", summary="Recent activations, newest first")
 async def list_activations(
     name: str, platform: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> dict[str, Any]:
-    _known_function(platform, name)
+    await _known_function(platform, name)
     await _flushed(platform)
     activations = await asyncio.to_thread(platform.store.activations, name, limit)
     return {"activations": [_activation(item, with_logs=False) for item in activations]}
@@ -185,7 +201,7 @@ async def function_logs(
     activation: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
-    _known_function(platform, name)
+    await _known_function(platform, name)
     await _flushed(platform)
     activations = await asyncio.to_thread(platform.store.activations, name, limit, activation)
     if activation is not None and not activations:
@@ -222,30 +238,35 @@ def _activation(activation: Activation, with_logs: bool) -> dict[str, Any]:
 
 
 @router.get("/instances", summary="Every running instance")
-def list_instances(platform: Admin) -> dict[str, Any]:
+async def list_instances(platform: Admin) -> dict[str, Any]:
     instances = []
-    for route in platform.router.routes.values():
-        for instance in route.pool.describe()["instances"]:  # type: ignore[attr-defined]
-            instances.append({"function": route.function, "revision": route.revision.id, **instance})
+    for pool in platform.router.pools():
+        for instance in pool.describe()["instances"]:  # type: ignore[attr-defined]
+            instances.append({"function": pool.revision.function, "revision": pool.revision.id, **instance})
     return {"instances": instances}
 
 
+@router.get("/loops", summary="The gateway's background loops: running, restarts, last error")
+async def list_loops(platform: Admin) -> dict[str, Any]:
+    return {"loops": [vars(status) for status in platform.supervisor.status()]}
+
+
 @router.get("/keys", summary="API keys (never the secrets)")
-def list_keys(platform: Admin) -> dict[str, Any]:
-    return {"keys": [_plain(key) for key in platform.store.list_keys()]}
+async def list_keys(platform: Admin) -> dict[str, Any]:
+    return {"keys": [_plain(key) for key in await asyncio.to_thread(platform.store.list_keys)]}
 
 
 @router.post("/keys", status_code=201, summary="Create a key; the secret is shown only in this answer")
-def create_key(body: KeyRequest, platform: Admin) -> dict[str, Any]:
+async def create_key(body: KeyRequest, platform: Admin) -> dict[str, Any]:
     try:
-        record, key = platform.keys.create(body.scopes, body.description)
+        record, key = await asyncio.to_thread(platform.keys.create, body.scopes, body.description)
     except ValueError as exc:
         raise ApiError(400, "BadRequest", str(exc)) from None
     return {**_plain(record), "key": key}
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key")
-def revoke_key(key_id: str, platform: Admin) -> dict[str, Any]:
-    if not platform.keys.revoke(key_id):
+async def revoke_key(key_id: str, platform: Admin) -> dict[str, Any]:
+    if not await asyncio.to_thread(platform.keys.revoke, key_id):
         raise ApiError(404, "NotFound", f"no active key {key_id!r}")
     return {"revoked": key_id}

@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidal import __version__
 from tidal.gateway import admin
 from tidal.gateway.asgi import Receive, Scope, Send, respond
-from tidal.gateway.invoke import PREFIX, InvokeHandler
+from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
+from tidal.invoke.outcome import OUTCOMES
 
 log = logging.getLogger("tidal.gateway")
 
@@ -100,7 +101,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {"description": "the function's return value"},
-                    **{str(code): error for code in (400, 401, 403, 404, 413, 500, 502, 504)},
+                    **{
+                        str(code): error
+                        for code in sorted({meaning.http_status for meaning in OUTCOMES.values()})
+                        if code != 200
+                    },
                 },
             }
         }
@@ -116,7 +121,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.platform = Platform(config)
-        self.invoke = InvokeHandler(self.platform)
+        self.invoke = HttpInvoke(self.platform.invoker, self.platform.keys, config.max_body_bytes)
         self.admin = build_admin_app(self.platform)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,7 +16,11 @@ JSON_TYPE = b"application/json"
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body is over the limit; ``complete`` when its last part has been received already."""
+
+    def __init__(self, complete: bool = False) -> None:
+        super().__init__("the request body is too large")
+        self.complete = complete
 
 
 class ClientGone(Exception):
@@ -34,10 +38,27 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(complete=not message.get("more_body", False))
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def discard_body(receive: Receive, limit: int) -> bool:
+    """Read and drop what is left of a request body, up to ``limit`` bytes; True if it all came.
+
+    Answering before the client finished sending makes the kernel reset the connection (unread
+    data on close), and clients that write the whole body before reading never see the answer.
+    """
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
 
 
 async def respond(send: Send, status: int, body: bytes, content_type: bytes, headers: Headers) -> None:

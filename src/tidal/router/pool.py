@@ -17,10 +17,12 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from tidal.backends.base import Backend
+from tidal.backends.base import Backend, InstanceHandle, InstanceSpec
+from tidal.invoke.request import NO_CONTEXT, RequestContext
+from tidal.retry import backoff_s
 from tidal.router.connection import InstanceClient, StartFailed
 from tidal.router.meter import ConcurrencyMeter
 from tidal.spec import FunctionSpec
@@ -38,9 +40,7 @@ START_BACKOFF_MAX_S = 30.0
 
 def start_backoff_s(consecutive_failures: int) -> float:
     """How long to wait before the next start after this many failures in a row."""
-    if consecutive_failures <= 0:
-        return 0.0
-    return min(START_BACKOFF_FIRST_S * 2 ** (consecutive_failures - 1), START_BACKOFF_MAX_S)
+    return backoff_s(consecutive_failures, START_BACKOFF_FIRST_S, START_BACKOFF_MAX_S)
 
 
 class QueueFull(Exception):
@@ -49,6 +49,23 @@ class QueueFull(Exception):
 
 class RevisionRetired(Exception):
     """The revision stopped serving while the request waited: route it again."""
+
+
+# Picks the instance for a request among the ready ones, or None when none has room. Injected so
+# that model multiplexing can prefer an instance that already holds the request's model.
+InstanceChooser = Callable[[Sequence[InstanceClient], int, RequestContext], InstanceClient | None]
+Connect = Callable[[InstanceHandle, Callable[[InstanceClient], None]], Awaitable[InstanceClient]]
+
+
+def least_loaded(
+    ready: Sequence[InstanceClient], concurrency: int, _: RequestContext
+) -> InstanceClient | None:
+    """The ready instance with the fewest requests, if it has room for one more."""
+    best: InstanceClient | None = None
+    for client in ready:
+        if best is None or client.assigned < best.assigned:
+            best = client
+    return best if best is not None and best.assigned < concurrency else None
 
 
 @dataclass(frozen=True)
@@ -72,21 +89,29 @@ class PoolCounters:
 
 class RevisionPool:
     def __init__(
-        self, revision: Revision, code_dir: str, backend: Backend, spec: FunctionSpec,
+        self,
+        launch: InstanceSpec,
+        backend: Backend,
         on_demand: Callable[[], None] = lambda: None,
-    ) -> None:  # fmt: skip
-        self.revision = revision
-        self.code_dir = code_dir
+        clock: Callable[[], float] = time.monotonic,
+        choose: InstanceChooser = least_loaded,
+        connect: Connect = InstanceClient.connect,
+    ) -> None:
+        self.launch = launch
+        self.revision: Revision = launch.revision
+        self.spec: FunctionSpec = launch.spec
         self.backend = backend
-        self.spec = spec
         self.on_demand = on_demand  # wakes the autoscaler when a request has to wait
+        self.clock = clock  # monotonic seconds; tests pass a virtual one
+        self.choose = choose
+        self.connect = connect
         self.ready: list[InstanceClient] = []
         self.starting: set[asyncio.Task[InstanceClient]] = set()
         self.waiters: collections.deque[asyncio.Future[InstanceClient]] = collections.deque()
-        self.meter = ConcurrencyMeter(time.monotonic())
+        self.meter = ConcurrencyMeter(clock())
         self.counters = PoolCounters()
         self.events: collections.deque[ScalingEvent] = collections.deque(maxlen=50)
-        self.desired = spec.min_instances
+        self.desired = self.spec.min_instances
         self.panic = False
         self.closed = False
         self._last_failure: StartFailed | None = None  # the latest start's error, until one succeeds
@@ -99,27 +124,24 @@ class RevisionPool:
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def _free(self) -> InstanceClient | None:
-        """The ready instance with the fewest requests, if it has room for one more."""
-        best: InstanceClient | None = None
-        for client in self.ready:
-            if best is None or client.assigned < best.assigned:
-                best = client
-        return best if best is not None and best.assigned < self.spec.concurrency else None
+    def _free(self, context: RequestContext = NO_CONTEXT) -> InstanceClient | None:
+        return self.choose(self.ready, self.spec.concurrency, context)
 
-    async def acquire(self, wait_s: float) -> tuple[InstanceClient, float]:
+    async def acquire(
+        self, wait_s: float, context: RequestContext = NO_CONTEXT
+    ) -> tuple[InstanceClient, float]:
         """An instance with room, and the ms this request waited for one (0 when it had room at once)."""
-        self.meter.change(+1, time.monotonic())
-        client = None if self.waiters else self._free()
+        self.meter.change(+1, self.clock())
+        client = None if self.waiters else self._free(context)
         if client is not None:
             client.assigned += 1
             return client, 0.0
         try:
             self._admit()
         except BaseException:
-            self.meter.change(-1, time.monotonic())
+            self.meter.change(-1, self.clock())
             raise
-        started = time.perf_counter()
+        started = self.clock()
         waiter: asyncio.Future[InstanceClient] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         if not self.ready and not self.starting:
@@ -129,13 +151,13 @@ class RevisionPool:
         try:
             client = await waiter
         except BaseException:
-            self.meter.change(-1, time.monotonic())
+            self.meter.change(-1, self.clock())
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
             raise
         finally:
             timer.cancel()
-        return client, (time.perf_counter() - started) * 1000
+        return client, (self.clock() - started) * 1000
 
     def _admit(self) -> None:
         if self.closed:
@@ -149,13 +171,13 @@ class RevisionPool:
             raise self._last_failure
 
     def _backing_off(self) -> bool:
-        return time.monotonic() < self._retry_at
+        return self.clock() < self._retry_at
 
     def release(self, client: InstanceClient) -> None:
         """A request routed to ``client`` is finished (answered, failed or cancelled)."""
         client.assigned -= 1
         client.served += 1
-        self.meter.change(-1, time.monotonic())
+        self.meter.change(-1, self.clock())
         if client.recycle and not client.draining:
             self.recycle(client)
         self._dispatch()
@@ -225,7 +247,7 @@ class RevisionPool:
         self._last_failure = failure
         self._failures_in_a_row += 1
         backoff = start_backoff_s(self._failures_in_a_row)
-        self._retry_at = time.monotonic() + backoff
+        self._retry_at = self.clock() + backoff
         log.warning("instance of %s failed to start (%d in a row; next try in %.0f s): %s",
                     self.revision.id, self._failures_in_a_row, backoff, failure)  # fmt: skip
         if not self.ready and not self.starting:
@@ -233,10 +255,10 @@ class RevisionPool:
 
     async def _start_one(self) -> InstanceClient:
         self.counters.starts += 1
-        started = time.perf_counter()
-        (handle,) = await self.backend.start(self.revision, self.code_dir, 1)
+        started = self.clock()
+        (handle,) = await self.backend.start(self.launch, 1)
         try:
-            client = await InstanceClient.connect(handle, self._lost)
+            client = await self.connect(handle, self._lost)
         except OSError as exc:
             await self.backend.stop(handle)
             raise StartFailed("InstanceExited", f"could not connect to the instance: {exc}") from None
@@ -250,7 +272,7 @@ class RevisionPool:
             client.close()
             await self.backend.stop(handle, grace_s=1.0)
             raise StartFailed("RevisionRetired", "the revision was replaced or removed")
-        client.start_ms = (time.perf_counter() - started) * 1000
+        client.start_ms = (self.clock() - started) * 1000
         self._last_failure, self._failures_in_a_row, self._retry_at = None, 0, 0.0
         if self._unwanted_starts:
             self._unwanted_starts -= 1
@@ -288,8 +310,8 @@ class RevisionPool:
         task.add_done_callback(self._draining.discard)
 
     async def _drain_and_stop(self, client: InstanceClient, grace_s: float) -> None:
-        deadline = time.monotonic() + grace_s
-        while client.assigned > 0 and not client.lost and time.monotonic() < deadline:
+        deadline = self.clock() + grace_s
+        while client.assigned > 0 and not client.lost and self.clock() < deadline:
             await asyncio.sleep(0.02)
         client.close()
         await self.backend.stop(client.handle, grace_s=2.0)
@@ -332,7 +354,7 @@ class RevisionPool:
             "in_flight": sum(client.assigned for client in self.ready),
             "queued": len(self.waiters),
             "panic": self.panic,
-            "start_retry_in_s": round(max(0.0, self._retry_at - time.monotonic()), 1),
+            "start_retry_in_s": round(max(0.0, self._retry_at - self.clock()), 1),
             "instances": [
                 {
                     "id": client.id,

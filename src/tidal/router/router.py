@@ -1,79 +1,177 @@
-"""Function name -> the revision serving it -> its pool. Traffic goes to the newest revision.
+"""Function name -> its route: the revisions serving it, each with a share of the traffic.
 
-Traffic splitting between revisions (weights, tags, canaries) will replace ``Route.pool`` with a
-choice over several pools; the gateway only ever asks ``router.route(name)``.
+Which revisions serve is stored state (the store's ``traffic``), handed to ``Router.serve``; the
+router keeps one pool per serving revision, so each revision scales on its own, and retires a
+pool (drains it, then releases what the backend warmed for it) once no route holds it.
+Choosing a revision for a request is the pure ``choose_target``; the draw is injected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Callable, Coroutine
+import random
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidal.backends.base import Backend
+from tidal.backends.base import Backend, InstanceSpec
+from tidal.invoke.request import RequestContext
 from tidal.router.pool import RevisionPool
-from tidal.spec import FunctionSpec, validate_spec
+from tidal.spec import FunctionSpec, Style, validate_spec
 from tidal.store.models import Revision
 
 log = logging.getLogger("tidal.router")
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """What the hot path needs about a function, resolved once when its revision goes live."""
+class Target:
+    """One revision of a route and its share of the requests."""
 
-    function: str
     revision: Revision
     spec: FunctionSpec
     pool: RevisionPool
-    style: str
+    percent: int
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServingTarget:
+    """What ``Router.serve`` is told about one revision: stored state, resolved to a code dir."""
+
+    revision: Revision
+    code_dir: str
+    percent: int = 100
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the hot path needs about a function, resolved once when its traffic changes."""
+
+    function: str
+    public: bool
+    targets: tuple[Target, ...]
+
+    @property
+    def any_method(self) -> bool:
+        """lambda-http handlers take every method and sub-path; native ones only POST."""
+        return any(target.revision.style == Style.LAMBDA_HTTP for target in self.targets)
+
+    @property
+    def primary(self) -> Target:
+        """The target with the largest share (what `tidal ls` calls the serving revision)."""
+        return max(self.targets, key=lambda target: target.percent)
+
+
+def sticky_draw(key: str) -> float:
+    """A stable number in [0, 1) for a sticky key: the same key always draws the same number.
+
+    Targets hold consecutive slices of [0, 1) in a fixed order, so moving 10% from one revision to
+    another moves only the keys inside the slice that changed hands.
+    """
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def choose_target(targets: Sequence[Target], context: RequestContext, draw: float) -> Target | None:
+    """The target for a request: the one it names, or one by weight (``draw`` in [0, 1)).
+
+    >>> # with 90/10 targets, draws below 0.9 go to the first, the rest to the second
+    """
+    if context.revision is not None:
+        for target in targets:
+            if context.revision in (target.revision.id, target.tag):
+                return target
+        return None
+    if len(targets) == 1:
+        return targets[0]
+    if context.sticky_key is not None:
+        draw = sticky_draw(context.sticky_key)
+    point = draw * 100
+    for target in targets:
+        if point < target.percent:
+            return target
+        point -= target.percent
+    weighted = [target for target in targets if target.percent > 0]
+    return weighted[-1] if weighted else None
 
 
 class Router:
-    def __init__(self, backend: Backend, on_demand: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        on_demand: Callable[[], None] = lambda: None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
         self.backend = backend
         self.on_demand = on_demand  # the autoscaler's poke
+        self.draw = draw
         self.routes: dict[str, Route] = {}
+        self._pools: dict[str, RevisionPool] = {}  # revision id -> pool, for every serving revision
         self._background: set[asyncio.Task[None]] = set()
 
     def pools(self) -> list[RevisionPool]:
-        """The pools serving traffic now (retiring ones drain on their own)."""
-        return [route.pool for route in self.routes.values()]
+        """The pools of serving revisions (retiring ones drain on their own)."""
+        return list(self._pools.values())
 
     def route(self, function: str) -> Route | None:
         return self.routes.get(function)
 
-    def activate(self, revision: Revision, code_dir: str) -> Route:
-        """Send the function's traffic to ``revision``; the previous revision drains in the background."""
-        current = self.routes.get(revision.function)
-        if current is not None and current.revision.id == revision.id:
-            return current
-        spec = validate_spec(dict(revision.spec))  # stored specs predate newer fields: defaults fill in
-        pool = RevisionPool(revision, code_dir, self.backend, spec, self.on_demand)
-        route = Route(
-            function=revision.function, revision=revision, spec=spec, pool=pool, style=revision.style
+    def pick(self, route: Route, context: RequestContext) -> Target | None:
+        return choose_target(route.targets, context, self.draw())
+
+    def serve(self, function: str, public: bool, serving: Sequence[ServingTarget]) -> Route:
+        """Make ``serving`` the function's traffic; revisions it no longer holds drain in the background."""
+        if not serving:
+            raise ValueError(f"{function!r} needs at least one revision to serve")
+        targets = tuple(
+            Target(item.revision, pool.spec, pool, item.percent, item.tag)
+            for item in serving
+            for pool in [self._pool(item)]
         )
-        self.routes[revision.function] = route
-        self._in_background(self.backend.prepare(revision, code_dir))  # warm template: cold starts fork
-        pool.scale_to(spec.min_instances, "min_instances")
-        if current is not None:
-            self._retire(current)
+        route = Route(function, public, targets)
+        previous = self.routes.get(function)
+        self.routes[function] = route
+        if previous is not None:
+            kept = {target.revision.id for target in targets}
+            for target in previous.targets:
+                if target.revision.id not in kept:
+                    self._retire(target.pool)
         return route
+
+    def set_public(self, function: str, public: bool) -> None:
+        route = self.routes.get(function)
+        if route is not None and route.public != public:
+            self.routes[function] = Route(function, public, route.targets)
+
+    def _pool(self, item: ServingTarget) -> RevisionPool:
+        pool = self._pools.get(item.revision.id)
+        if pool is None:
+            spec = validate_spec(dict(item.revision.spec))  # stored specs predate newer fields
+            launch = InstanceSpec(item.revision, spec, item.code_dir)
+            pool = RevisionPool(launch, self.backend, on_demand=self.on_demand)
+            self._pools[item.revision.id] = pool
+            self._in_background(self.backend.prepare(launch))  # warm template: cold starts fork
+            pool.scale_to(spec.min_instances, "min_instances")
+        return pool
 
     def remove(self, function: str) -> bool:
         route = self.routes.pop(function, None)
         if route is not None:
-            self._retire(route)
+            for target in route.targets:
+                self._retire(target.pool)
         return route is not None
 
-    def _retire(self, route: Route) -> None:
-        self._in_background(self._drain_and_release(route))
+    def _retire(self, pool: RevisionPool) -> None:
+        if self._pools.get(pool.revision.id) is pool:
+            del self._pools[pool.revision.id]
+            self._in_background(self._drain_and_release(pool))
 
-    async def _drain_and_release(self, route: Route) -> None:
-        await route.pool.drain(grace_s=route.spec.timeout)
-        await self.backend.release(route.revision, route.pool.code_dir)
+    async def _drain_and_release(self, pool: RevisionPool) -> None:
+        await pool.drain(grace_s=pool.spec.timeout)
+        await self.backend.release(pool.launch)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -81,8 +179,9 @@ class Router:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        pools = [route.pool for route in self.routes.values()]
+        pools = list(self._pools.values())
         self.routes.clear()
+        self._pools.clear()
         await asyncio.gather(
             *(pool.drain(grace_s=2.0) for pool in pools), *self._background, return_exceptions=True
         )

@@ -1,0 +1,326 @@
+"""How any invocation becomes an outcome: route -> revision -> instance -> call -> finish -> record.
+
+``Invoker.invoke`` is the only path from an ``InvocationRequest`` to an ``Outcome``: the HTTP
+adapter, async jobs and event triggers all call it, so they share routing, the activator queue,
+error mapping and metering. Nothing here knows about HTTP. Every exit returns an outcome (none
+raises to the caller), and every request that reached a revision leaves exactly one activation
+record, written off the hot path by ``record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+
+from tidal.invoke.outcome import OUTCOMES, Outcome, OutcomeKind
+from tidal.invoke.request import Caller, InvocationRequest
+from tidal.metering.billing import billed_ms
+from tidal.router.connection import Call, InstanceClient, InstanceLost, StartFailed
+from tidal.router.pool import QueueFull, RevisionPool, RevisionRetired
+from tidal.router.router import Route, Router, Target
+from tidal.runtime.codec import is_raw
+from tidal.runtime.protocol import CallStats, Chunk, End, Error, Invoke, Message, Result
+from tidal.spec import Style
+from tidal.store.models import Activation
+
+log = logging.getLogger("tidal.invoke")
+
+DEADLINE_GRACE_S = 2.0  # how long past its deadline an instance may take to say "Timeout" itself
+REROUTES = 3  # a revision retired while a request waited hands it to the function's new traffic
+NO_STATS = CallStats(0.0, 0.0, 0)
+HIDDEN_HEADERS = frozenset({"authorization", "cookie"})  # never forwarded to function code
+# Error frames whose type is one of ours, not the name of a user exception.
+KIND_OF_ERROR_TYPE = {
+    "Timeout": OutcomeKind.TIMEOUT,
+    "Cancelled": OutcomeKind.CANCELLED,
+    "InstanceLost": OutcomeKind.INSTANCE_LOST,
+}
+
+
+class ActivationIds:
+    """Unique activation ids without a syscall per request: a random per-process prefix + a counter.
+
+    The prefix (5 random bytes) makes ids from different gateway runs and processes distinct.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(5)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):06x}"
+
+
+def refusal(route: Route | None, function: str, caller: Caller) -> Outcome | None:
+    """Why ``caller`` may not invoke ``function`` at all, or None. Cheap: no I/O, no body read."""
+    if route is None:
+        return Outcome.error(OutcomeKind.NOT_FOUND, f"no function named {function!r}")
+    if route.public or caller.may_invoke(function):
+        return None
+    if not caller.authenticated:
+        return Outcome.error(
+            OutcomeKind.UNAUTHENTICATED, "a valid API key is required (Authorization: Bearer KEY)"
+        )
+    return Outcome.error(OutcomeKind.FORBIDDEN, f"this key may not invoke {function!r}")
+
+
+def outcome_of_error(error: Error) -> Outcome:
+    """An instance's Error frame as an outcome: ours (timeout, cancel, lost), the caller's, or the function's."""
+    kind = KIND_OF_ERROR_TYPE.get(error.type)
+    if kind is None:
+        if error.caller_fault:
+            kind = OutcomeKind.BAD_INPUT if error.type == "BadRequest" else OutcomeKind.INPUT_REJECTED
+        else:
+            kind = OutcomeKind.FUNCTION_ERROR
+    return Outcome.error(kind, error.message, error.type)
+
+
+class Invoker:
+    def __init__(self, router: Router, record: Callable[[Activation], None]) -> None:
+        self.router = router
+        self.record = record
+        self.activation_ids = ActivationIds()
+
+    def check(self, function: str, caller: Caller) -> Outcome | None:
+        """The refusal ``invoke`` would give before running anything (adapters ask before reading a body)."""
+        return refusal(self.router.route(function), function, caller)
+
+    async def invoke(self, request: InvocationRequest) -> Outcome:
+        route = self.router.route(request.function)
+        refused = refusal(route, request.function, request.caller)
+        if refused is not None:
+            return refused
+        assert route is not None
+        target = self.router.pick(route, request.context)
+        if target is None:
+            return Outcome.error(
+                OutcomeKind.NOT_FOUND,
+                f"{request.function!r} has no revision or tag {request.context.revision!r}",
+            )
+        malformed = _malformed(request, target)
+        if malformed is not None:
+            return malformed
+        activation = self._new_activation(request, target)
+        timeout = (
+            target.spec.timeout if request.timeout_s is None else min(request.timeout_s, target.spec.timeout)
+        )
+        deadline = request.received_at + timeout
+        try:
+            outcome = await self._run(request, target, activation, deadline)
+        except Exception:  # a bug of ours still gives the caller an outcome and leaves a record
+            log.exception("invocation %s failed inside the gateway", activation.id)
+            outcome = Outcome.error(OutcomeKind.INTERNAL, "the gateway failed; see its log")
+        outcome.activation, outcome.revision, outcome.cold = (
+            activation.id,
+            activation.revision,
+            activation.cold,
+        )
+        if outcome.stream is None:
+            self._finish(activation, outcome)
+        return outcome
+
+    def _new_activation(self, request: InvocationRequest, target: Target) -> Activation:
+        return Activation(
+            id=self.activation_ids.next(),
+            function=request.function,
+            revision=target.revision.id,
+            instance="",
+            start=request.received_at,
+            duration_ms=0.0,
+            billed_ms=0,
+            memory_mb=target.spec.memory,
+            cold=False,
+            status="ok",
+            http_status=200,
+            key_id=request.caller.key_id,
+            trigger=request.trigger.value,
+        )
+
+    async def _run(
+        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float
+    ) -> Outcome:
+        acquired = await self._acquire(request, target, activation, deadline)
+        if isinstance(acquired, Outcome):
+            return acquired
+        pool, client = acquired
+        context = request.context
+        forwarded = {key: value for key, value in context.headers.items() if key not in HIDDEN_HEADERS}
+
+        def build(call_id: int) -> Invoke:
+            return Invoke(call_id, activation.id, deadline, request.body, request.content_type, forwarded,
+                          context.method, context.path, context.query)  # fmt: skip
+
+        try:
+            call = client.call(build)
+            first = await call.answer(max(0.0, deadline - time.time()) + DEADLINE_GRACE_S)
+        except InstanceLost as exc:
+            pool.release(client)
+            return Outcome.error(OutcomeKind.INSTANCE_LOST, str(exc))
+        except TimeoutError:
+            # The instance did not even report its own timeout: its event loop is stuck. Replace it.
+            client.cancel(call)
+            pool.replace(client)
+            pool.release(client)
+            return self._timed_out(pool)
+        if isinstance(first, Chunk):
+            return InstanceStream(self, pool, client, call, first, activation, deadline).outcome
+        pool.release(client)
+        _copy_stats(activation, first)
+        if isinstance(first, Result):
+            return Outcome(OutcomeKind.OK, first.body, first.content_type, first.status, first.headers)
+        if isinstance(first, Error):
+            return outcome_of_error(first)
+        return Outcome.error(
+            OutcomeKind.INTERNAL, f"the instance answered with an unexpected {type(first).__name__}"
+        )
+
+    async def _acquire(
+        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float
+    ) -> tuple[RevisionPool, InstanceClient] | Outcome:
+        """An instance for this request (waiting through a cold start), or the outcome that ends it."""
+        for _ in range(REROUTES):
+            pool = target.pool
+            try:
+                client, waited_ms = await pool.acquire(max(0.0, deadline - time.time()), request.context)
+                break
+            except RevisionRetired:
+                route = self.router.route(request.function)
+                successor = self.router.pick(route, request.context) if route is not None else None
+                if successor is None:
+                    return Outcome.error(OutcomeKind.NOT_FOUND, f"{request.function!r} was removed")
+                target = successor
+            except QueueFull as exc:
+                return Outcome.error(OutcomeKind.QUEUE_FULL, f"{request.function!r} is at capacity: {exc}")
+            except StartFailed as exc:
+                return Outcome.error(
+                    OutcomeKind.SETUP_FAILED, f"the function could not start: {exc.message}", exc.error_type
+                )
+            except TimeoutError:
+                return Outcome.error(OutcomeKind.TIMEOUT, "no instance had room before the function's timeout "
+                                     f"of {pool.spec.timeout:g} s")  # fmt: skip
+        else:
+            return Outcome.error(OutcomeKind.UNAVAILABLE, "the function is being redeployed; retry")
+        activation.revision = pool.revision.id
+        activation.memory_mb = pool.spec.memory
+        activation.instance = client.id
+        activation.queue_ms = waited_ms
+        activation.cold = waited_ms > 0 and client.served == 0  # it waited for this new instance
+        if activation.cold and client.ready.done() and not client.ready.exception():
+            ready = client.ready.result()
+            activation.instance_start_ms = client.start_ms
+            activation.import_ms, activation.setup_ms = ready.import_ms, ready.setup_ms
+        return pool, client
+
+    @staticmethod
+    def _timed_out(pool: RevisionPool) -> Outcome:
+        return Outcome.error(
+            OutcomeKind.TIMEOUT, f"the function ran past its timeout of {pool.spec.timeout:g} s"
+        )
+
+    def _finish(self, activation: Activation, outcome: Outcome) -> None:
+        """Fill in how the invocation ended and hand the record to metering (batched, off the hot path)."""
+        activation.duration_ms = (time.time() - activation.start) * 1000
+        activation.status = OUTCOMES[outcome.kind].activation_status
+        activation.http_status = outcome.http_status
+        if not outcome.ok or outcome.error_type:
+            activation.error_type, activation.error_message = outcome.error_type, outcome.message
+        self.record(activation)
+
+
+class InstanceStream:
+    """A streaming answer: chunks as the instance yields them; finished and recorded exactly once."""
+
+    def __init__(
+        self, invoker: Invoker, pool: RevisionPool, client: InstanceClient, call: Call, first: Chunk,
+        activation: Activation, deadline: float,
+    ) -> None:  # fmt: skip
+        self.outcome = Outcome(OutcomeKind.OK, status=200, stream=self)
+        self._invoker, self._pool, self._client, self._call = invoker, pool, client, call
+        self._pending: bytes | None = first.data
+        self._activation, self._deadline = activation, deadline
+        self._done = False
+
+    async def next_chunk(self) -> bytes | None:
+        """The next chunk, or None once the stream ended (``outcome`` then says how)."""
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        if self._done:
+            return None
+        timeout = max(0.0, self._deadline - time.time()) + DEADLINE_GRACE_S
+        try:
+            frame = await asyncio.wait_for(self._call.next_stream_frame(), timeout)
+        except TimeoutError:
+            self.cancel(OutcomeKind.TIMEOUT)
+            return None
+        if isinstance(frame, Chunk):
+            return frame.data
+        self._end(frame)
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    def cancel(self, kind: OutcomeKind = OutcomeKind.CANCELLED) -> None:
+        """Stop the stream early (the caller left, or it ran past its deadline)."""
+        if self._done:
+            return
+        self._client.cancel(self._call)
+        message = (
+            "the client went away" if kind is OutcomeKind.CANCELLED else "the stream ran past its timeout"
+        )
+        self._close(Outcome.error(kind, message))
+
+    def _end(self, frame: Message) -> None:
+        _copy_stats(self._activation, frame)
+        if isinstance(frame, Error):
+            ended = outcome_of_error(frame)
+        elif isinstance(frame, End) and frame.error_type:
+            ended = Outcome.error(OutcomeKind.FUNCTION_ERROR, frame.error_message, frame.error_type)
+        else:
+            ended = Outcome(OutcomeKind.OK)
+        self._close(_streamed(ended))
+
+    def _close(self, outcome: Outcome) -> None:
+        self._done = True
+        outcome.activation, outcome.revision, outcome.cold = (
+            self.outcome.activation,
+            self.outcome.revision,
+            self.outcome.cold,
+        )
+        self.outcome = outcome
+        self._pool.release(self._client)
+        self._invoker._finish(self._activation, outcome)
+
+
+def _streamed(outcome: Outcome) -> Outcome:
+    """A stream that ran to its end answered 200 with its first chunk, however the function ended."""
+    outcome.status = 200
+    return outcome
+
+
+def _malformed(request: InvocationRequest, target: Target) -> Outcome | None:
+    """A JSON body that does not parse is the caller's fault, found before any instance is used."""
+    if not request.body or target.revision.style == Style.LAMBDA_HTTP or is_raw(request.content_type):
+        return None
+    try:
+        msgspec.json.decode(request.body)
+    except msgspec.DecodeError as exc:
+        return Outcome.error(OutcomeKind.BAD_INPUT, f"malformed JSON body: {exc}")
+    return None
+
+
+def _copy_stats(activation: Activation, message: Message) -> None:
+    """What the instance measured: billed time, CPU, peak memory, captured output."""
+    stats: CallStats = getattr(message, "stats", NO_STATS)
+    activation.billed_ms = billed_ms(stats.duration_ms)
+    activation.cpu_ms = stats.cpu_ms
+    activation.peak_rss_kb = stats.peak_rss_kb
+    activation.logs = getattr(message, "logs", "")
