@@ -104,8 +104,9 @@ class KeyRing:
 
     store: KeyStore
     clock: Callable[[], float] = time.monotonic
-    _known: dict[str, tuple[KeyRecord, float]] = field(default_factory=dict)  # hash -> (record, expires)
-    _unknown: dict[str, float] = field(default_factory=dict)  # hash -> expires
+    # Both caches are keyed by the presented key (memory only; the store keeps hashes alone).
+    _known: dict[str, tuple[Caller, float]] = field(default_factory=dict)  # key -> (caller, expires)
+    _unknown: dict[str, float] = field(default_factory=dict)  # key -> expires
 
     def create(self, scopes: list[str], description: str = "") -> tuple[KeyRecord, str]:
         key_id, key = new_key()
@@ -122,23 +123,23 @@ class KeyRing:
         key = bearer_token(authorization)
         if key is None:
             return UNKNOWN_KEY if authorization else ANONYMOUS
-        key_hash = hash_key(key)
         now = self.clock()
-        known = self._known.get(key_hash)
+        known = self._known.get(key)  # by the key itself: a hit costs no hashing
         if known is not None and known[1] > now:
-            return _caller(known[0])
-        if self._unknown.get(key_hash, 0.0) > now:
+            return known[0]
+        if self._unknown.get(key, 0.0) > now:
             return UNKNOWN_KEY
-        record = await asyncio.to_thread(self.store.key_by_hash, key_hash)
+        record = await asyncio.to_thread(self.store.key_by_hash, hash_key(key))
         if record is None or record.revoked_at is not None:
             if len(self._unknown) >= MAX_UNKNOWN:
                 self._unknown.clear()
-            self._unknown[key_hash] = now + UNKNOWN_KEY_TTL_S
-            self._known.pop(key_hash, None)
+            self._unknown[key] = now + UNKNOWN_KEY_TTL_S
+            self._known.pop(key, None)
             return UNKNOWN_KEY
-        self._known[key_hash] = (record, now + KNOWN_KEY_TTL_S)
-        self._unknown.pop(key_hash, None)
-        return _caller(record)
+        caller = Caller(record.id, frozenset(record.scopes), presented=True)
+        self._known[key] = (caller, now + KNOWN_KEY_TTL_S)
+        self._unknown.pop(key, None)
+        return caller
 
     def ensure_admin_key_file(self, state_dir: Path) -> Path:
         """Create ``<state-dir>/admin.key`` (mode 0600) holding a fresh admin key, once."""
@@ -154,7 +155,3 @@ class KeyRing:
             file.write(key + "\n")
         os.chmod(path, 0o600)
         return path
-
-
-def _caller(record: KeyRecord) -> Caller:
-    return Caller(record.id, frozenset(record.scopes), presented=True)

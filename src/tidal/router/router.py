@@ -120,6 +120,8 @@ class Router:
         return self.routes.get(function)
 
     def pick(self, route: Route, context: RequestContext) -> Target | None:
+        if len(route.targets) == 1 and context.revision is None:
+            return route.targets[0]  # the common case: no split, nothing to draw
         return choose_target(route.targets, context, self.draw())
 
     def serve(self, function: str, public: bool, serving: Sequence[ServingTarget]) -> Route:
