@@ -26,9 +26,9 @@ def test_opening_it_stamps_the_baseline_and_runs_the_rest(tmp_path: Path) -> Non
     assert user_version(db) == 0
 
     with closing(connect(db)) as connection:
-        assert migrate(connection, clock=lambda: 1234.5) == [1, 2]
+        assert migrate(connection, clock=lambda: 1234.5) == [1, 2, 3]
 
-    assert user_version(db) == latest_version() == 2
+    assert user_version(db) == latest_version() == 3
     assert recorded_migrations(db) == [(m.version, m.description) for m in MIGRATIONS]
 
 

@@ -2,6 +2,8 @@
 
 A request only appends one Struct; a background task writes whatever accumulated every
 ``interval_s`` (or sooner when ``batch_size`` is reached) in one transaction, in a thread.
+A request refused with 429 (queue full) leaves no record, only a count: one row per function and
+minute, so an overload of 100,000 refusals a minute writes one row a minute, not 100,000.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 
 from tidal.store.models import Activation
 from tidal.store.protocols import ActivationStore
@@ -22,12 +25,17 @@ class ActivationRecorder:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self._pending: list[Activation] = []
+        self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
         self._wake = asyncio.Event()
 
     def record(self, activation: Activation) -> None:
         self._pending.append(activation)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
+
+    def reject(self, function: str, at: float) -> None:
+        """Count one 429 of ``function`` at ``at`` (epoch s) in its minute: 125.0 -> minute 120."""
+        self._rejections[(function, int(at // 60) * 60)] += 1
 
     async def run(self) -> None:
         """Flush every ``interval_s`` (or when a batch is full); runs under the gateway's supervisor."""
@@ -38,6 +46,7 @@ class ActivationRecorder:
             await self.flush()
 
     async def flush(self) -> None:
+        await self._flush_rejections()
         if not self._pending:
             return
         batch, self._pending = self._pending, []
@@ -46,3 +55,13 @@ class ActivationRecorder:
         except Exception:
             log.exception("writing %d activation records failed; keeping them for the next flush", len(batch))
             self._pending[:0] = batch
+
+    async def _flush_rejections(self) -> None:
+        if not self._rejections:
+            return
+        counts, self._rejections = self._rejections, Counter()
+        try:
+            await asyncio.to_thread(self.store.add_rejections, counts)
+        except Exception:
+            log.exception("writing %d rejection counts failed; keeping them for the next flush", len(counts))
+            self._rejections.update(counts)

@@ -163,9 +163,29 @@ def _strip_public_from_revisions(connection: sqlite3.Connection) -> None:
         )
 
 
+# -- 3: retention deletes by age (indexes on time); 429s counted per function per minute ----------
+
+SCHEMA_3 = """
+CREATE INDEX activations_by_start ON activations (start);
+CREATE INDEX scaling_events_by_time ON scaling_events (at);
+CREATE TABLE rejections (
+    function TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (function, minute)
+);
+CREATE INDEX rejections_by_minute ON rejections (minute);
+"""
+
+
+def _retention_and_rejections(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_3)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
+    Migration(3, "time indexes for retention; rejection counts per minute", _retention_and_rejections),
 )
 
 

@@ -7,7 +7,7 @@ SQLiteStore implements ``Store``; tests pin that member by member.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from tidal.store.models import Activation, FunctionRecord, KeyRecord, Revision, TrafficTarget
@@ -58,6 +58,10 @@ class FunctionStore(Protocol):
         """Delete the function with its revisions and traffic; False if there was none."""
         ...
 
+    def code_digests(self) -> set[str]:
+        """The code digest of every stored revision: a code dir outside this set serves nothing."""
+        ...
+
 
 class KeyStore(Protocol):
     """API keys, by id and by the SHA-256 of the secret."""
@@ -86,6 +90,23 @@ class ActivationStore(Protocol):
 
     def activation(self, activation_id: str) -> Activation | None: ...
 
+    def delete_activations(self, before: float, keep_newest: int, batch: int) -> int:
+        """Delete at most ``batch`` of the oldest activations that started before ``before`` or are
+        not among the newest ``keep_newest`` (0: no row limit); returns how many went."""
+        ...
+
+    def add_rejections(self, counts: Mapping[tuple[str, int], int]) -> None:
+        """Add 429 counts keyed by (function, minute: epoch seconds, a multiple of 60), in one transaction."""
+        ...
+
+    def rejections(self, function: str, since: float) -> list[dict[str, int]]:
+        """The function's rejections per minute from ``since`` on, newest first, each {minute, count}."""
+        ...
+
+    def delete_rejections(self, before: float, batch: int) -> int:
+        """Delete at most ``batch`` of the per-minute counts older than ``before``; how many went."""
+        ...
+
 
 class ScalingEventStore(Protocol):
     """What the autoscaler decided, for `tidal status` and the dashboard."""
@@ -96,6 +117,10 @@ class ScalingEventStore(Protocol):
 
     def scaling_events(self, function: str, limit: int = 20) -> list[dict[str, object]]:
         """Newest first, each {revision, at, from_count, to_count, reason}."""
+        ...
+
+    def delete_scaling_events(self, before: float, batch: int) -> int:
+        """Delete at most ``batch`` of the oldest events from before ``before``; how many went."""
         ...
 
 

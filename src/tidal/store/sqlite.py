@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ KEY_COLUMNS = ", ".join(KeyRecord.__struct_fields__)
 SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 TRAFFIC_QUERY = "SELECT function, revision, percent, tag FROM traffic"
 TRAFFIC_ORDER = "function, percent DESC, revision"  # the main share first
+SMALLEST_ROWID = -(2**63)
 
 
 class SQLiteStore:
@@ -170,6 +171,9 @@ class SQLiteStore:
             cursor = self._db.execute("DELETE FROM functions WHERE name = ?", (name,))
             return cursor.rowcount > 0
 
+    def code_digests(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT DISTINCT code_digest FROM revisions")}
+
     # -- keys -------------------------------------------------------------------------------------
 
     def add_key(self, key_id: str, key_hash: str, scopes: list[str], description: str = "") -> KeyRecord:
@@ -225,6 +229,50 @@ class SQLiteStore:
         rows = self._query(f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,))
         return _activation(rows[0]) if rows else None
 
+    def delete_activations(self, before: float, keep_newest: int, batch: int) -> int:
+        """One batch, oldest first, by (start, rowid): the index on start holds both, so ties on
+        ``start`` are cut exactly at the ``keep_newest`` edge and each batch reads only what it deletes.
+        """
+        with self._transaction() as db:
+            bound = (before, SMALLEST_ROWID)  # (start, rowid) below this: older than ``before``
+            if keep_newest > 0:
+                edge = db.execute(
+                    "SELECT start, rowid FROM activations ORDER BY start DESC, rowid DESC LIMIT 1 OFFSET ?",
+                    (keep_newest,),
+                ).fetchone()  # the newest row beyond the newest ``keep_newest``
+                if edge is not None and edge[0] >= before:
+                    bound = (edge[0], edge[1] + 1)
+            cursor = db.execute(
+                "DELETE FROM activations WHERE rowid IN (SELECT rowid FROM activations "
+                "WHERE (start, rowid) < (?, ?) ORDER BY start, rowid LIMIT ?)",
+                (*bound, batch),
+            )
+            return cursor.rowcount
+
+    def add_rejections(self, counts: Mapping[tuple[str, int], int]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO rejections (function, minute, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (function, minute) DO UPDATE SET count = count + excluded.count",
+                [(function, minute, count) for (function, minute), count in counts.items()],
+            )
+
+    def rejections(self, function: str, since: float) -> list[dict[str, int]]:
+        rows = self._query(
+            "SELECT minute, count FROM rejections WHERE function = ? AND minute >= ? ORDER BY minute DESC",
+            (function, since),
+        )
+        return [{"minute": minute, "count": count} for minute, count in rows]
+
+    def delete_rejections(self, before: float, batch: int) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM rejections WHERE rowid IN "
+                "(SELECT rowid FROM rejections WHERE minute < ? ORDER BY minute LIMIT ?)",
+                (before, batch),
+            )
+            return cursor.rowcount
+
     # -- scaling events --------------------------------------------------------------------------
 
     def add_scaling_event(
@@ -244,6 +292,15 @@ class SQLiteStore:
             (function, limit),
         )
         return [dict(zip(SCALING_EVENT_COLUMNS, row, strict=True)) for row in rows]
+
+    def delete_scaling_events(self, before: float, batch: int) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM scaling_events WHERE rowid IN "
+                "(SELECT rowid FROM scaling_events WHERE at < ? ORDER BY at LIMIT ?)",
+                (before, batch),
+            )
+            return cursor.rowcount
 
 
 # -- rows <-> records (inside a transaction where it matters) ------------------------------------------
