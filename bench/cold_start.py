@@ -9,7 +9,8 @@ within each round. One untimed request per function right after deploy is report
 (``first``: it may wait for a template still being built).
 
 Each mode is a fresh ``tidal up``: ``template`` (instances fork from a warm template process) and
-``spawn`` (``TIDAL_TEMPLATES=0``: a fresh Python process per instance).
+``spawn`` (``TIDAL_TEMPLATES=0``: a fresh Python process per instance), and ``nosandbox``
+(templates with ``--insecure-no-sandbox``: what the sandbox costs, if anything).
 
 Baselines, same run, same machine: a bare ``python -c pass`` (p50 of 10); ONNX + tokenizer import,
 model load and one call (as examples/embed does); torch + sentence-transformers import, model load
@@ -84,7 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 trials per function, 1-2 baseline runs")
     p.add_argument("--trials", type=int, help="timed trials per function (default 10)")
-    p.add_argument("--modes", default="template,spawn", help="template,spawn (spawn: TIDAL_TEMPLATES=0)")
+    p.add_argument(
+        "--modes", default="template,spawn", help="template,spawn,nosandbox (spawn: TIDAL_TEMPLATES=0)"
+    )
     p.add_argument("--functions", default=",".join(FUNCTIONS), help=f"subset of {','.join(FUNCTIONS)}")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON here")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary dir with gateway logs")
@@ -92,7 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.trials = args.trials or (3 if args.quick else 10)
     args.modes = [m for m in args.modes.split(",") if m]
     args.functions = [f for f in args.functions.split(",") if f]
-    if set(args.modes) - {"template", "spawn"} or set(args.functions) - set(FUNCTIONS) or args.trials < 1:
+    if (
+        set(args.modes) - {"template", "spawn", "nosandbox"}
+        or set(args.functions) - set(FUNCTIONS)
+        or args.trials < 1
+    ):
         p.error("unknown mode or function, or --trials < 1")
     return args
 
@@ -138,7 +145,8 @@ def trial(tidal: Tidal, name: str, payload: bytes, *, wait_idle: bool) -> dict[s
 
 def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env = {"TIDAL_TEMPLATES": "0"} if mode == "spawn" else {"TIDAL_TEMPLATES": "1"}
-    tidal = Tidal.start(workdir, name=f"tidal-{mode}", env=env)
+    extra = ["--insecure-no-sandbox"] if mode == "nosandbox" else []
+    tidal = Tidal.start(workdir, name=f"tidal-{mode}", env=env, extra_args=extra)
     result: dict[str, Any] = {"functions": {}}
     try:
         for label in args.functions:

@@ -523,10 +523,11 @@ class Tidal:
         name: str = "tidal",
         env: Mapping[str, str] | None = None,
         log_level: str = "warning",
+        extra_args: Sequence[str] = (),
     ) -> Tidal:
         port = free_port()
         state = workdir / f"{name}-state"
-        cmd = [tidal_bin(), "up", "--host", HOST, "--port", str(port), "--state-dir", str(state)]
+        cmd = [tidal_bin(), "up", "--host", HOST, "--port", str(port), "--state-dir", str(state), *extra_args]
         server = Server(
             name=name,
             cmd=[*cmd, "--log-level", log_level],

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
+from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION
 from tidal.spec import DURATION_FIELDS, FunctionSpec, default_text, is_duration, parse_duration
 
 app = typer.Typer(
@@ -84,6 +85,22 @@ def up(
         list[Path] | None, typer.Option(help="deploy this file or folder at start (repeatable)")
     ] = None,
     max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 6 * 1024 * 1024,
+    insecure_no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-sandbox",
+            help="DEBUGGING ONLY: run function code without the sandbox (it can then read tidal's keys and state)",
+        ),
+    ] = False,
+    template_idle: Annotated[
+        str, typer.Option(help="stop a function's warm template after this long unused (2s, 10m, 1h)")
+    ] = "10m",
+    activation_retention: Annotated[
+        str, typer.Option(help="delete records and log files older than this (7d, 12h; 0: keep)")
+    ] = DEFAULT_RETENTION,
+    activation_max_rows: Annotated[
+        int, typer.Option(min=0, help="keep at most this many activations, the newest (0: no limit)")
+    ] = DEFAULT_MAX_ROWS,
     log_level: str = "info",
 ) -> None:
     """Run the gateway in the foreground (functions deployed earlier come back)."""
@@ -96,16 +113,35 @@ def up(
     for path in deploy or []:
         if not path.exists():
             fail(f"--deploy {path}: no such file or folder")
+    try:
+        template_idle_s = parse_duration(template_idle)
+    except ValueError as exc:
+        fail(f"--template-idle: {exc}")
+        raise AssertionError from None  # fail() exits
+    retention_s = seconds(activation_retention, "--activation-retention")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         gateway = Gateway(
-            GatewayConfig(state_dir=state_dir, max_body_bytes=max_body, deploy_paths=list(deploy or []))
+            GatewayConfig(
+                state_dir=state_dir,
+                max_body_bytes=max_body,
+                deploy_paths=list(deploy or []),
+                template_idle_s=template_idle_s,
+                insecure_no_sandbox=insecure_no_sandbox,
+                activation_retention_s=retention_s or 0.0,
+                activation_max_rows=activation_max_rows,
+            )
         )
     except (StateDirBusy, StoreError) as exc:
         fail(str(exc))
         raise AssertionError from None  # fail() exits
     err.print(
         f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})"
+    )
+    isolation = gateway.platform.backend.describe_isolation()
+    style = "bold red" if insecure_no_sandbox else "dim"
+    err.print(
+        f"[{style}]sandbox: {isolation['sandbox']}; limits: {isolation['limits']}[/{style}]", highlight=False
     )
     config = uvicorn.Config(
         gateway,
@@ -274,6 +310,14 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     )
     if instances["start_retry_in_s"]:
         out.print(f"[red]starts are failing[/red]: the next try is in {instances['start_retry_in_s']} s")
+    rejected_last_hour = sum(minute["count"] for minute in info.get("rejections", []))
+    if rejected_last_hour:
+        out.print(f"[yellow]{rejected_last_hour} requests rejected (queue full) in the last hour[/yellow]")
+    isolation = info.get("isolation") or {}
+    out.print(
+        f"sandbox: {isolation.get('sandbox', '?')}; limits: {isolation.get('limits', '?')}", highlight=False
+    )
+    out.print(template_line(info.get("template")), highlight=False)
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry")
     for revision in info["revisions"]:
@@ -423,6 +467,24 @@ def seconds(text: str | None, flag: str) -> float | None:
     except ValueError:
         fail(f"{flag} takes a duration like 2s, 500ms, 5m or 1h, not {text!r}")
         raise AssertionError from None  # fail() exits
+
+
+def template_line(template: dict[str, Any] | None) -> str:
+    """`tidal status`'s line about the function's warm template: its memory and how long unused."""
+    if template is None:
+        return "template: none kept (the next cold start builds one)"
+    memory = "memory unknown" if template["rss_mb"] is None else f"{template['rss_mb']} MB RSS"
+    if template["pss_mb"] is not None:
+        memory += f" ({template['pss_mb']} MB PSS)"
+    if template["built_at"] is None:
+        return f"template: pid {template['pid']} building, {memory}"
+    live = len(template["instances"])
+    use = (
+        f"parent of {live} live instance{'s' if live != 1 else ''}"
+        if live
+        else f"idle {template['idle_s']:g} s (stopped after {template['idle_limit_s']:g} s)"
+    )
+    return f"template: pid {template['pid']}, {memory}, {use}, built {_time(template['built_at'])}"
 
 
 def _time(epoch: float) -> str:

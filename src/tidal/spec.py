@@ -34,8 +34,8 @@ from pydantic.json_schema import JsonDict
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 Level = Literal["revision", "function"]
 REVISION: JsonDict = {"level": "revision"}  # part of the revision: a change makes a new one
@@ -43,7 +43,8 @@ FUNCTION: JsonDict = {"level": "function"}  # the function's own: applies to eve
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``500ms`` -> 0.5, ``2s`` -> 2.0, ``5m`` -> 300.0, ``1h`` -> 3600.0, ``90`` -> 90.0.
+    """Seconds in ``text``: ``500ms`` -> 0.5, ``2s`` -> 2.0, ``5m`` -> 300.0, ``1h`` -> 3600.0,
+    ``7d`` -> 604800.0, ``90`` -> 90.0.
 
     >>> parse_duration("1.5m")
     90.0
@@ -51,7 +52,7 @@ def parse_duration(text: str) -> float:
     match = DURATION_PATTERN.match(text)
     if match is None:
         raise ValueError(
-            f"{text!r} is not a duration: give seconds (90) or a number and a unit (500ms, 2s, 5m, 1h)"
+            f"{text!r} is not a duration: give seconds (90) or a number and a unit (500ms, 2s, 5m, 1h, 7d)"
         )
     return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 

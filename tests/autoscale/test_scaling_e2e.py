@@ -100,6 +100,13 @@ def test_full_queue_answers_429_and_nothing_else_fails(tidal_server: TidalServer
     assert rejected.headers["retry-after"] == "1"
     assert rejected.json()["error"]["type"] == "TooManyRequests"
     assert rejected.elapsed.total_seconds() < 1.0, "a rejection must be quick, not wait for capacity"
+    assert "x-tidal-activation" not in rejected.headers  # a 429 is counted, not recorded
+    records = tidal_server.client.get("/v1/functions/tight/activations").json()["activations"]
+    assert sorted(record["http_status"] for record in records) == [200, 200, 200]
+    info = tidal_server.client.get("/v1/functions/tight").json()
+    assert info["instances"]["rejected"] == 5
+    assert sum(minute["count"] for minute in info["rejections"]) == 5  # stored per minute
+    assert "5 requests rejected (queue full) in the last hour" in tidal_server.cli("status", "tight").stdout
 
 
 def test_queued_longer_than_the_timeout_is_504(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]

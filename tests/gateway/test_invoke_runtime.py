@@ -23,14 +23,17 @@ def counter(payload):
         yield {"i": i}
         time.sleep(payload.get("sleep", 0))
 
+TICKS = [0]  # how far the endless stream got, in this instance
+
+
 @tidal.function(name="endless", concurrency=4)
 def endless(payload):
-    progress = Path(payload["progress"])
-    i = 0
+    if payload.get("peek"):  # a second call to the same instance reads the first one's progress
+        yield str(TICKS[0])
+        return
     while True:
-        i += 1
-        progress.write_text(str(i))
-        yield f"tick {i}\\n"
+        TICKS[0] += 1
+        yield f"tick {TICKS[0]}\\n"
         time.sleep(0.02)
 
 @tidal.function(name="words", concurrency=4)
@@ -63,20 +66,21 @@ def test_server_sent_events(tidal_server: TidalServer, write_module) -> None:  #
     assert raw.content == b"asyncgeneratorsstreambytes"
 
 
-def test_client_disconnect_cancels_the_stream(
-    tidal_server: TidalServer, write_module, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_client_disconnect_cancels_the_stream(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     assert tidal_server.deploy(write_module(STREAMING, "streams.py")).returncode == 0
-    progress = tmp_path / "progress"
-    with tidal_server.client.stream("POST", "/fn/endless", json={"progress": str(progress)}) as response:
+    with tidal_server.client.stream("POST", "/fn/endless", json={}) as response:
         for line in response.iter_lines():
             if line == "tick 5":
                 break
         activation = response.headers["x-tidal-activation"]
+        revision = response.headers["x-tidal-revision"]
     time.sleep(0.5)
-    stopped_at = int(progress.read_text())
+    peek = tidal_server.client.post("/fn/endless", json={"peek": True})
+    assert peek.headers["x-tidal-cold-start"] == "0" and peek.headers["x-tidal-revision"] == revision
+    stopped_at = int(peek.text)
     time.sleep(0.5)
-    assert int(progress.read_text()) == stopped_at, "the generator kept running after the client left"
+    again = int(tidal_server.client.post("/fn/endless", json={"peek": True}).text)
+    assert again == stopped_at, "the generator kept running after the client left"
     record = tidal_server.client.get(f"/v1/activations/{activation}").json()
     assert record["status"] == "cancelled"
 

@@ -126,3 +126,25 @@ async def test_streams_are_read_to_the_end_and_recorded_once(invoker) -> None:  
     await asyncio.sleep(0)
     (record,) = records
     assert record.status == "ok" and record.id == outcome.activation
+
+
+async def test_a_full_queue_is_counted_not_recorded(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "state", use_templates=False)
+    router = Router(backend)
+    spec = validate_spec({"name": "tight", "max_queue": 0}).revision_fields()  # nothing may wait
+    tight = Revision("tight-00001", "tight", 1, "d", "c", "core", "core", False, "native", spec, time.time())
+    router.serve("tight", True, [ServingTarget(tight, str(tmp_path))])
+    records: list[Activation] = []
+    rejections: list[tuple[str, float]] = []
+    core = Invoker(router, records.append, lambda function, at: rejections.append((function, at)))
+    try:
+        request = InvocationRequest("tight", b"{}")
+        outcome = await core.invoke(request)
+        assert (outcome.kind, outcome.http_status, outcome.activation) == (OutcomeKind.QUEUE_FULL, 429, "")
+        assert records == [], "a 429 leaves no activation row"
+        assert rejections == [("tight", request.received_at)]
+        route = router.route("tight")
+        assert route is not None and route.primary.pool.counters.rejected == 1  # `instances.rejected`
+    finally:
+        await router.close()
+        await backend.close()

@@ -86,8 +86,10 @@ class Template:
         listener.listen(1)
         config = InstanceConfig(name, "greeter", "greeter-00001", str(self.code), "greeter", "Greeter", True)
         log_path = self.tmp_path / f"{name}.log"
-        request = Fork(next(self.ids), config, str(log_path), cpu=1.0)
-        socket.send_fds(self.control, [msgspec.json.encode(request)], [listener.fileno()])
+        request = Fork(next(self.ids), config, cpu=1.0)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        socket.send_fds(self.control, [msgspec.json.encode(request)], [listener.fileno(), log_fd])
+        os.close(log_fd)
         listener.close()
         forked = self.receive()
         assert isinstance(forked, Forked) and forked.id == request.id
@@ -143,7 +145,7 @@ def test_bad_requests_do_not_break_the_template(template: Template) -> None:
     assert isinstance(template.receive(), TemplateReady)
     template.control.send(b"not json")
     config = InstanceConfig("x", "greeter", "greeter-00001", str(template.code), "greeter", "Greeter", True)
-    template.control.send(msgspec.json.encode(Fork(99, config, "/dev/null")))  # no socket attached
+    template.control.send(msgspec.json.encode(Fork(99, config)))  # no socket attached
     failed = template.receive()
     assert isinstance(failed, ForkFailed) and failed.id == 99
     forked, connection, _ = template.fork("after")

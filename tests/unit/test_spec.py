@@ -44,13 +44,22 @@ def test_default_names() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("2s", 2.0), ("5m", 300.0), ("1h", 3600.0), ("90", 90.0), (" 1.5m ", 90.0), ("0s", 0.0)],
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        ("90", 90.0),
+        (" 1.5m ", 90.0),
+        ("0s", 0.0),
+    ],
 )
 def test_durations_read_as_seconds(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "x", "2 days", "1d", "-1s", "s", "2ss"])
+@pytest.mark.parametrize("text", ["", "x", "2 days", "1w", "-1s", "s", "2ss"])
 def test_a_bad_duration_says_what_a_good_one_is(text: str) -> None:
     with pytest.raises(ValueError, match=r"is not a duration: give seconds \(90\) or a number and a unit"):
         parse_duration(text)

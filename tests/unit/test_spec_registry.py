@@ -159,8 +159,8 @@ def test_deploy_without_flags_overrides_nothing(sent: Sent) -> None:
     [
         (["--timeout", "x"], "error: --timeout takes a duration like 2s, 500ms, 5m or 1h, not 'x'"),
         (
-            ["--stable-window", "1d"],
-            "error: --stable-window takes a duration like 2s, 500ms, 5m or 1h, not '1d'",
+            ["--stable-window", "1w"],
+            "error: --stable-window takes a duration like 2s, 500ms, 5m or 1h, not '1w'",
         ),
         (["--env", "NOEQUALS"], "error: --env takes KEY=VALUE"),
     ],

@@ -44,6 +44,14 @@ class InstanceHandle:
     exit_code: int | None = None
     log_path: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # Why it died, where the backend can tell at once (it passed its memory limit). The router
+    # asks the moment the connection drops, so callers get the reason, not a bare "lost".
+    loss_reason: Callable[[], str | None] = field(default=lambda: None, repr=False, compare=False)
+
+
+# The ``extra`` key saying how an instance started, for x-tidal-cold-start-detail: "fork" (from a
+# ready template), "template-built" (its template was built for it), "spawn" (a fresh process).
+COLD_START_DETAIL = "cold_start_detail"
 
 
 # Called by the backend once an instance's process is gone, whatever the reason.

@@ -13,6 +13,8 @@ An instance is started one of two ways (``InstanceHandle.extra["started_via"]``)
   be had (its import failed, it crashed, the fork failed); the reason is logged.
 
 A template is started on first use, or ahead of it by ``prepare()``, and replaced when it dies.
+One that forked no live instance and served no start for ``template_idle_s`` is stopped by
+``reap_templates`` (a supervised loop of the gateway); the next start builds it again.
 Spawned instances die with the gateway (PR_SET_PDEATHSIG); every instance also exits when its
 gateway connection closes, which is what ends forked ones (they do not die with their template).
 """
@@ -36,12 +38,14 @@ from typing import Any
 
 import msgspec
 
-from tidal.backends.base import Capacity, ExitCallback, InstanceHandle, InstanceSpec
+from tidal.backends.base import COLD_START_DETAIL, Capacity, ExitCallback, InstanceHandle, InstanceSpec
+from tidal.backends.cgroups import Cgroups, Group, Limits, sweep_stale
+from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instance_env
 from tidal.backends.spawn import spawn_module
+from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
-from tidal.spec import FunctionSpec
 
 log = logging.getLogger("tidal.backends.local")
 
@@ -74,6 +78,7 @@ class _Running:
     socket_path: Path
     exited: asyncio.Future[int | None]  # its exit code (-N: killed by signal N; None: unknown)
     process: asyncio.subprocess.Process | None = None  # spawned: our child
+    group: Group | None = None  # its control group: its limits, and every process it started
 
 
 @dataclass
@@ -86,9 +91,20 @@ class _Failure:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, state_dir: Path, python: str = sys.executable, use_templates: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        python: str = sys.executable,
+        use_templates: bool = True,
+        template_idle_s: float = DEFAULT_TEMPLATE_IDLE_S,
+        sandbox: SandboxMode | None = None,
+    ) -> None:
         self.python = python
+        self.isolation = Isolation(state_dir, sandbox or choose_mode(False))
+        sweep_stale()  # groups (and processes) left by a gateway that was killed
+        self.cgroups = Cgroups.detect(f"tidal-{os.getpid()}")
         self.use_templates = use_templates and templates_enabled_by_env()
+        self.template_idle_s = template_idle_s  # an unused template is reaped after this long
         self.log_dir = state_dir / "logs" / "instances"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.template_log_dir = state_dir / "logs" / "templates"
@@ -115,9 +131,11 @@ class LocalBackend:
             return
         key = TemplateKey.of(launch)
         self._template_users.setdefault(key, set()).add(launch.revision.id)
-        if key not in self._templates and not self._recently_failed(key):
+        if key in self._templates:
+            self._templates[key].touch()  # a new revision of the same code: used again
+        elif not self._recently_failed(key):
             with contextlib.suppress(TemplateUnavailable):
-                await self._launch_template(key)
+                await self._launch_template(key, launch.spec.memory)
 
     async def release(self, launch: InstanceSpec) -> None:
         """The revision is retired: stop its template unless another live revision shares it."""
@@ -132,17 +150,32 @@ class LocalBackend:
             await template.close()
 
     def templates(self) -> list[dict[str, object]]:
-        """What each live template is: pid, state, module, import/setup ms, forks, live instances."""
-        return [template.info() for template in self._templates.values()]
+        """What each live template is: pid, state, module, import/setup ms, forks, live instances,
+        memory (RSS, PSS), idle seconds, and the revisions that use it.
+        """
+        return [self._describe(template) for template in self._templates.values()]
+
+    def template_of(self, launch: InstanceSpec) -> dict[str, object] | None:
+        """The template ``launch``'s instances fork from now, or None (none kept: reaped, off, failed)."""
+        template = self._templates.get(TemplateKey.of(launch))
+        return None if template is None else self._describe(template)
+
+    def _describe(self, template: TemplateProcess) -> dict[str, object]:
+        users = sorted(self._template_users.get(template.key, ()))
+        return {**template.info(), "revisions": users, "idle_limit_s": self.template_idle_s}
 
     def _recently_failed(self, key: TemplateKey) -> bool:
         failure = self._failures.get(key)
         return failure is not None and time.monotonic() - failure.at < TEMPLATE_RETRY_S
 
-    async def _launch_template(self, key: TemplateKey) -> TemplateProcess:
+    async def _launch_template(self, key: TemplateKey, memory_mb: int) -> TemplateProcess:
         name = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
         log_path = self.template_log_dir / f"{Path(key.code_dir).name[:16]}-{key.module}-{name}.log"
-        template = TemplateProcess(key, self.python, log_path, self._template_died)
+        sandbox = self.isolation.plan(key.function, key.code_dir)
+        self.isolation.prepare_code(key.code_dir)
+        # The template holds what instances share (the imported modules, with load_once the model).
+        group = self._group(f"template-{name}", Limits(memory_mb, 1.0))
+        template = TemplateProcess(key, self.python, log_path, self._template_died, sandbox, group)
         self._templates[key] = template
         template.ready.add_done_callback(lambda ready: _log_ready(key, ready))
         try:
@@ -162,13 +195,17 @@ class LocalBackend:
             failure = self._failures.get(key)
             if failure is not None and self._recently_failed(key):
                 raise TemplateUnavailable(failure.reason)
-            template = await self._launch_template(key)
+            template = await self._launch_template(key, launch.spec.memory)
+        # In use from here to the fork (a pending fork counts as a live instance), so a reaper tick
+        # that falls inside wait_ready's yield does not stop the template this start just picked.
+        template.touch()
         try:
             await template.wait_ready(TEMPLATE_READY_TIMEOUT_S)
         except TemplateUnavailable as exc:
             self._template_failed(key, str(exc))
             raise
         self._failures.pop(key, None)
+        template.touch()  # a slow build is over: the caller forks next, with no await in between
         return template
 
     def _template_failed(self, key: TemplateKey, reason: str) -> None:
@@ -193,10 +230,56 @@ class LocalBackend:
             reason = str(template.ready.exception())
             self._template_failed(template.key, reason)
 
+    async def reap_templates(self, now: float | None = None) -> int:
+        """Stop every ready template that forked no live instance and served no start for
+        ``template_idle_s`` (``should_reap``); how many were stopped. ``now``: monotonic seconds.
+
+        One still building is kept (a start may be waiting for it), and so is one whose instances
+        live: they are its children. The key stays with its revisions, so the next start builds it
+        again. A template that fails to stop is logged; the others are still reaped.
+        """
+        now = time.monotonic() if now is None else now
+        idle = [
+            template
+            for template in self._templates.values()
+            if template.built_at is not None
+            and should_reap(now, template.last_used, template.live_instances, self.template_idle_s)
+        ]
+        for template in idle:
+            del self._templates[template.key]  # from here on a start builds a new one
+        await asyncio.gather(*(self._reap(template, now - template.last_used) for template in idle))
+        return len(idle)
+
+    async def _reap(self, template: TemplateProcess, idle_s: float) -> None:
+        rss_mb = template.info()["rss_mb"]
+        try:
+            await template.close()
+        except Exception:
+            log.exception("template %s for %s did not stop cleanly", template.pid, template.key.module)
+            return
+        log.info("template %s for %s reaped after %.0f s unused (%s MB RSS freed)",
+                 template.pid, template.key.module, idle_s, rss_mb)  # fmt: skip
+
+    async def reap_templates_forever(self) -> None:
+        """The gateway's template-reaper loop: ``reap_templates`` every ``reap_tick_s`` seconds."""
+        while True:
+            await asyncio.sleep(reap_tick_s(self.template_idle_s))
+            await self.reap_templates()
+
     # -- instances --------------------------------------------------------------------------------
 
     async def start(self, launch: InstanceSpec, count: int = 1) -> list[InstanceHandle]:
-        return [await self._start_one(launch) for _ in range(count)]
+        return [await self._start_and_tell_how(launch) for _ in range(count)]
+
+    async def _start_and_tell_how(self, launch: InstanceSpec) -> InstanceHandle:
+        """Start one instance and note in ``extra`` whether its template was ready or built for it."""
+        template = self._templates.get(TemplateKey.of(launch))
+        ready_pid = template.pid if template is not None and template.built_at and template.alive else None
+        handle = await self._start_one(launch)
+        handle.extra[COLD_START_DETAIL] = cold_start_detail(
+            handle.extra.get("started_via"), handle.extra.get("template_pid"), ready_pid
+        )
+        return handle
 
     async def _start_one(self, launch: InstanceSpec) -> InstanceHandle:
         revision, spec = launch.revision, launch.spec
@@ -223,6 +306,9 @@ class LocalBackend:
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
         )
+        group = self._group(instance_id, Limits(spec.memory, spec.cpu))
+        if group is not None:
+            handle.loss_reason = lambda: _oom_reason(group, spec.memory)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -232,14 +318,21 @@ class LocalBackend:
             running = None
             if self.use_templates:
                 running = await self._fork(launch, config, listener, handle, socket_path)
+                if running is not None and group is not None and handle.pid is not None:
+                    # Before the gateway connects: the child runs no user code until then.
+                    with contextlib.suppress(OSError):
+                        group.add(handle.pid)
             if running is None:
-                running = await self._spawn(spec, config, listener, handle, socket_path)
+                running = await self._spawn(launch, config, listener, handle, socket_path, group)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
+            if group is not None:
+                await asyncio.to_thread(_discard, group)
             raise
         finally:
             listener.close()  # the instance holds its own copy
+        running.group = group
         self._running[instance_id] = running
         watcher = asyncio.create_task(self._watch(running))
         self._watchers.add(watcher)
@@ -274,23 +367,33 @@ class LocalBackend:
 
     async def _spawn(
         self,
-        spec: FunctionSpec,
+        launch: InstanceSpec,
         config: InstanceConfig,
         listener: socket.socket,
         handle: InstanceHandle,
         socket_path: Path,
+        group: Group | None,
     ) -> _Running:
-        env = {
-            **os.environ,
-            **spec.env,
+        own = {
             "TIDAL_INSTANCE": msgspec.json.encode(config).decode(),
             "TIDAL_LISTEN_FD": str(listener.fileno()),
-            "PYTHONUNBUFFERED": "1",
         }
+        sandbox = self.isolation.plan(launch.revision.function, launch.code_dir)
+        if sandbox is not None:
+            self.isolation.prepare_code(launch.code_dir)
+            own["TIDAL_SANDBOX"] = msgspec.json.encode(sandbox).decode()
+        env = instance_env(launch.spec.env, own)
+        join = (lambda: group.add(os.getpid())) if group is not None else None
         started = time.perf_counter()
         assert handle.log_path is not None
         process = await spawn_module(
-            self.python, "tidal.runtime.worker", env, handle.log_path, listener.fileno(), config.code_dir
+            self.python,
+            "tidal.runtime.worker",
+            env,
+            handle.log_path,
+            listener.fileno(),
+            config.code_dir,
+            join,
         )
         handle.pid = process.pid
         handle.extra.update(started_via="spawn", spawn_ms=f"{(time.perf_counter() - started) * 1000:.2f}")
@@ -323,6 +426,8 @@ class LocalBackend:
                     await result
             except Exception:
                 log.exception("exit callback failed for %s", handle.id)
+        if running.group is not None:  # whatever it forked, detached or not, goes with it
+            await asyncio.to_thread(_discard, running.group)
 
     def _signal(self, running: _Running, signum: int) -> None:
         if running.exited.done():
@@ -361,3 +466,29 @@ class LocalBackend:
             watcher.cancel()
         with contextlib.suppress(OSError):
             self.socket_dir.rmdir()  # only when empty: nothing of a live instance is removed
+        await asyncio.to_thread(self.cgroups.close)
+
+    def _group(self, name: str, limits: Limits) -> Group | None:
+        """A control group with ``limits``, or None where this host enforces none."""
+        if not self.cgroups.bases:
+            return None
+        try:
+            return self.cgroups.create(name, limits)
+        except OSError as exc:
+            log.warning("no control group for %s, its limits are not enforced: %s", name, exc)
+            return None
+
+    def describe_isolation(self) -> dict[str, str]:
+        """What `tidal status` and the start banner say about the sandbox and the limits."""
+        return {"sandbox": self.isolation.describe(), "limits": self.cgroups.describe()}
+
+
+def _discard(group: Group) -> None:
+    group.kill_all()
+    group.remove()
+
+
+def _oom_reason(group: Group, memory_mb: int) -> str | None:
+    if group.oom_killed():
+        return f"the instance used more than its memory limit of {memory_mb} MiB and was killed"
+    return None

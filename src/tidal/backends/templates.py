@@ -24,7 +24,12 @@ from typing import NamedTuple
 import msgspec
 
 from tidal.backends.base import InstanceSpec
+from tidal.backends.cgroups import Group
+from tidal.backends.isolation import instance_env
+from tidal.backends.logsink import open_log
 from tidal.backends.spawn import spawn_module
+from tidal.backends.template_usage import memory_mb
+from tidal.runtime.sandbox import SandboxPlan
 from tidal.runtime.template import (
     MAX_MESSAGE,
     PINNED_ENV,
@@ -62,21 +67,33 @@ class TemplateKey(NamedTuple):
     is_class: bool
     env: tuple[tuple[str, str], ...]
     load_once: bool
+    # A function's processes run under its own uid: templates are never shared across functions.
+    function: str = ""
 
     @classmethod
     def of(cls, launch: InstanceSpec) -> TemplateKey:
         revision, spec = launch.revision, launch.spec
         env = tuple(sorted(spec.env.items()))
         attribute, is_class = (revision.attribute, revision.is_class) if spec.load_once else (None, False)
-        return cls(launch.code_dir, revision.module, attribute, is_class, env, spec.load_once)
+        return cls(
+            launch.code_dir, revision.module, attribute, is_class, env, spec.load_once, revision.function
+        )
 
 
 class TemplateProcess:
     """A running (or starting) template and the instances it forked that are still alive."""
 
     def __init__(
-        self, key: TemplateKey, python: str, log_path: Path, on_death: Callable[[TemplateProcess], None]
+        self,
+        key: TemplateKey,
+        python: str,
+        log_path: Path,
+        on_death: Callable[[TemplateProcess], None],
+        sandbox: SandboxPlan | None = None,
+        group: Group | None = None,
     ) -> None:
+        self.sandbox = sandbox  # entered by the template before it imports the function's module
+        self.group = group  # its control group (limits; every process it leaves is killed with it)
         self.key = key
         self.python = python
         self.log_path = log_path
@@ -87,6 +104,9 @@ class TemplateProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.children: dict[int, asyncio.Future[int | None]] = {}
         self.created_at = time.time()
+        self.built_at: float | None = None  # epoch seconds it became ready
+        # Monotonic: when it was last built, asked for, forked or saw an instance exit (reaping).
+        self.last_used = time.monotonic()
         self.forks = 0
         self.closing = False
         self.exit_code: int | None = None
@@ -103,12 +123,24 @@ class TemplateProcess:
     def alive(self) -> bool:
         return self.process is not None and self.exit_code is None and not self.closing
 
+    @property
+    def live_instances(self) -> int:
+        """Instances it forked that still run, and forks asked for and not yet answered."""
+        return len(self.children) + len(self._pending)
+
+    def touch(self) -> None:
+        """It is in use now: its idle time (what reaping looks at) starts again."""
+        self.last_used = time.monotonic()
+
+    def idle_s(self, now: float) -> float:
+        """Seconds without a live instance or a start (0 while it has one); ``now`` is monotonic."""
+        return 0.0 if self.live_instances else max(0.0, now - self.last_used)
+
     async def launch(self) -> None:
         """Start the process; ``ready`` resolves when it has imported (and set up) the code."""
         key = self.key
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        env.update(dict(key.env))
+        env = instance_env(dict(key.env), {})  # never the gateway's own environment
         config = TemplateConfig(
             code_dir=key.code_dir,
             module=key.module,
@@ -126,9 +158,13 @@ class TemplateProcess:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.sandbox is not None:
+            env["TIDAL_SANDBOX"] = msgspec.json.encode(self.sandbox).decode()
+        group = self.group
+        join = (lambda: group.add(os.getpid())) if group is not None else None
         try:
             self.process = await spawn_module(
-                self.python, "tidal.runtime.template", env, self.log_path, theirs.fileno(), key.code_dir
+                self.python, "tidal.runtime.template", env, self.log_path, theirs.fileno(), key.code_dir, join
             )
         except BaseException as exc:
             ours.close()
@@ -160,8 +196,13 @@ class TemplateProcess:
         self._pending[request_id] = answer
         started = time.perf_counter()
         try:
-            data = encode(Fork(request_id, config, log_path, cpu))
-            await self._send(data, listener.fileno())
+            data = encode(Fork(request_id, config, cpu))
+            # The gateway opens the log: the template's mount view has no state dir to open it in.
+            log_fd = open_log(log_path)  # a pipe the gateway drains into the file, capped (logsink.py)
+            try:
+                await self._send(data, [listener.fileno(), log_fd])
+            finally:
+                os.close(log_fd)
             forked, exited = await asyncio.wait_for(answer, FORK_TIMEOUT_S)
         except TimeoutError:
             self.kill()  # a template this slow is broken: it is rebuilt on the next start
@@ -169,15 +210,16 @@ class TemplateProcess:
         finally:
             self._pending.pop(request_id, None)
         self.forks += 1
+        self.touch()
         return forked.pid, (time.perf_counter() - started) * 1000, exited
 
-    async def _send(self, data: bytes, fd: int) -> None:
+    async def _send(self, data: bytes, fds: list[int]) -> None:
         while True:
             sock = self._sock
             if sock is None or not self.alive:
                 raise TemplateUnavailable("the template is gone")
             try:
-                socket.send_fds(sock, [data], [fd])
+                socket.send_fds(sock, [data], fds)
                 return
             except BlockingIOError:
                 await asyncio.sleep(0.002)
@@ -204,6 +246,7 @@ class TemplateProcess:
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, Exited):
+            self.touch()  # with its last instance gone, its idle time starts now
             future = self.children.pop(message.pid, None)
             if future is not None and not future.done():
                 future.set_result(message.code)
@@ -221,6 +264,8 @@ class TemplateProcess:
             if pending is not None and not pending.done():
                 pending.set_exception(TemplateUnavailable(message.message))
         elif isinstance(message, TemplateReady) and not self.ready.done():
+            self.built_at = time.time()
+            self.touch()  # a slow build is not idle time: the start that waits for it forks next
             self.ready.set_result(message)
         elif isinstance(message, TemplateFailed) and not self.ready.done():
             self.ready.set_exception(TemplateUnavailable(f"{message.type}: {message.message}"))
@@ -248,6 +293,9 @@ class TemplateProcess:
         for pid, exited in self.children.items():
             watch_orphan(pid, exited)  # our instances outlive their template
         self.children = {}
+        if self.group is not None:  # what its user code forked at import goes with it
+            await asyncio.to_thread(self.group.kill_all)
+            self.group.remove()
         self.on_death(self)
 
     def kill(self) -> None:
@@ -268,7 +316,9 @@ class TemplateProcess:
             await self._watcher
 
     def info(self) -> dict[str, object]:
+        """What it is and costs (memory read from /proc now; PSS counts shared pages once)."""
         ready = self.ready.result() if self.ready.done() and not self.ready.exception() else None
+        rss_mb, pss_mb = memory_mb(self.pid) if self.pid is not None and self.alive else (None, None)
         return {
             "pid": self.pid,
             "state": "ready" if ready else ("starting" if not self.ready.done() else "failed"),
@@ -282,6 +332,10 @@ class TemplateProcess:
             "forks": self.forks,
             "instances": sorted(self.children),
             "created_at": self.created_at,
+            "built_at": self.built_at,
+            "idle_s": round(self.idle_s(time.monotonic()), 1),
+            "rss_mb": rss_mb,
+            "pss_mb": pss_mb,
             "log": str(self.log_path),
         }
 

@@ -3,16 +3,24 @@
 User code is imported only in a throwaway subprocess (``tidal.runtime.inspect_module``), never in
 the gateway. Options come from three layers, later ones winning: the decorator's keywords, the
 bundle's ``tidal.toml``, the deploy command's flags.
+
+Code dirs (``code/<code digest>``) are shared by every revision with the same code, of any
+function. ``remove_unused_code`` deletes those no stored revision references (after `tidal rm`);
+it and the unpacking of a bundle exclude each other, and a digest whose deploy is still under way
+is never removed, so a deploy never finds its code gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,8 @@ from tidal.store.protocols import FunctionStore
 INSPECT_TIMEOUT_S = 180.0
 DEPLOY_CONFIG = "tidal.toml"
 ENTRY_CANDIDATES = ("main.py", "handler.py", "lambda_function.py", "app.py")
+# What unpack() leaves in the code root: code/<sha256 hex>, and .unpack-* while it writes one.
+CODE_DIR_NAME = re.compile(r"^([0-9a-f]{64}|\.unpack-.+)$")
 
 
 class DeployError(ValueError):
@@ -62,15 +72,38 @@ class Deployer:
         self.publish = publish
         self.python = python
         self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
+        self._code_lock = asyncio.Lock()  # unpacking a bundle vs removing unused code dirs
+        self._deploying: Counter[str] = Counter()  # code digests of deploys under way
 
     def code_dir(self, revision: Revision) -> Path:
         return self.code_root / revision.code_digest
 
     async def deploy(self, bundle: bytes, options: DeployOptions) -> list[Deployed]:
+        async with self._code_lock:
+            try:
+                code_dir, code_digest, names = await asyncio.to_thread(unpack, bundle, self.code_root)
+            except BundleError as exc:
+                raise DeployError(str(exc)) from None
+            self._deploying[code_digest] += 1
         try:
-            code_dir, code_digest, names = await asyncio.to_thread(unpack, bundle, self.code_root)
-        except BundleError as exc:
-            raise DeployError(str(exc)) from None
+            return await self._deploy_code(code_dir, code_digest, names, options)
+        finally:
+            self._deploying[code_digest] -= 1
+            if not self._deploying[code_digest]:
+                del self._deploying[code_digest]
+
+    async def remove_unused_code(self, in_use: Collection[str] = ()) -> list[str]:
+        """Delete the code dirs that no stored revision, no deploy under way and nothing in
+        ``in_use`` (digests of running pools) needs; their names, sorted.
+        """
+        async with self._code_lock:
+            keep = await asyncio.to_thread(self.store.code_digests)
+            keep |= set(in_use) | set(self._deploying)
+            return await asyncio.to_thread(_remove_code_dirs, self.code_root, keep)
+
+    async def _deploy_code(
+        self, code_dir: Path, code_digest: str, names: list[str], options: DeployOptions
+    ) -> list[Deployed]:
         settings = _read_settings(code_dir)
         style = _style(options.style or settings.pop("style", None) or "native")
         handler = options.handler or settings.pop("handler", None)
@@ -127,6 +160,17 @@ class Deployer:
         if not answer.get("ok"):
             raise DeployError(answer.get("error", "inspection failed"))
         return list(answer["functions"])
+
+
+def _remove_code_dirs(code_root: Path, keep: set[str]) -> list[str]:
+    if not code_root.is_dir():
+        return []
+    removed = []
+    for entry in sorted(code_root.iterdir()):
+        if CODE_DIR_NAME.match(entry.name) and entry.name not in keep and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _read_settings(code_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Any
 
 import msgspec
@@ -64,6 +65,7 @@ def _route_or_404(platform: Platform, name: str) -> Route:
     return route
 
 
+REJECTIONS_SHOWN_S = 3600.0  # `GET /v1/functions/NAME` shows the last hour of 429s, per minute
 INSTANCE_COUNTS = ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
                    "start_failures", "start_retry_in_s", "lost", "recycled", "rejected")  # fmt: skip
 
@@ -84,6 +86,7 @@ async def describe_function(
         "style": primary.revision.style,
         "public": route.public,
         "spec": spec,
+        "isolation": platform.backend.describe_isolation(),
         "traffic": [
             {
                 "revision": target.revision.id,
@@ -94,11 +97,16 @@ async def describe_function(
             for target in route.targets
         ],
         "instances": {key: pool[key] for key in INSTANCE_COUNTS},
+        # The primary revision's warm template (pid, rss_mb, pss_mb, idle_s, built_at ...), or None.
+        "template": platform.backend.template_of(primary.pool.launch),
     }
     body["instances"]["list"] = pool["instances"]
     if revisions is not None:
         body["revisions"] = [_plain(revision) for revision in revisions]
         body["events"] = await asyncio.to_thread(platform.store.scaling_events, route.function)
+        await platform.recorder.flush()  # 429s are counted per minute and written in batches
+        since = time.time() - REJECTIONS_SHOWN_S
+        body["rejections"] = await asyncio.to_thread(platform.store.rejections, route.function, since)
     return body
 
 
@@ -163,6 +171,7 @@ async def remove_function(name: str, platform: Admin) -> dict[str, Any]:
     in_router = platform.router.remove(name)
     if not (in_router or in_store):
         raise ApiError(404, "NotFound", f"no function named {name!r}")
+    platform.remove_unused_code_later()  # its code dirs, unless another revision uses them
     return {"deleted": name}
 
 
@@ -244,6 +253,11 @@ async def list_instances(platform: Admin) -> dict[str, Any]:
         for instance in pool.describe()["instances"]:  # type: ignore[attr-defined]
             instances.append({"function": pool.revision.function, "revision": pool.revision.id, **instance})
     return {"instances": instances}
+
+
+@router.get("/templates", summary="Warm templates: pid, memory (RSS, PSS), idle time, revisions")
+async def list_templates(platform: Admin) -> dict[str, Any]:
+    return {"templates": platform.backend.templates()}
 
 
 @router.get("/loops", summary="The gateway's background loops: running, restarts, last error")

@@ -114,11 +114,14 @@ class HttpInvoke:
 def tidal_headers(outcome: Outcome) -> Headers:
     if not outcome.activation:
         return []
-    return [
+    headers = [
         (b"x-tidal-revision", outcome.revision.encode()),
         (b"x-tidal-activation", outcome.activation.encode()),
         (b"x-tidal-cold-start", b"1" if outcome.cold else b"0"),
     ]
+    if outcome.cold and outcome.cold_detail:  # fork | template-built | spawn
+        headers.append((b"x-tidal-cold-start-detail", outcome.cold_detail.encode()))
+    return headers
 
 
 async def render(send: Send, outcome: Outcome) -> None:

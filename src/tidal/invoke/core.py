@@ -4,7 +4,8 @@
 adapter, async jobs and event triggers all call it, so they share routing, the activator queue,
 error mapping and metering. Nothing here knows about HTTP. Every exit returns an outcome (none
 raises to the caller), and every request that reached a revision leaves exactly one activation
-record, written off the hot path by ``record``.
+record, written off the hot path by ``record``; except a 429 (the queue was full), which is only
+counted (``reject``): an overload must not become a table of refusals.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
+from tidal.backends.base import COLD_START_DETAIL
 from tidal.invoke.outcome import OUTCOMES, Outcome, OutcomeKind
 from tidal.invoke.request import Caller, InvocationRequest
 from tidal.metering.billing import billed_ms
-from tidal.router.connection import Call, InstanceClient, InstanceLost, StartFailed
+from tidal.router.connection import Call, InstanceClient, InstanceLost, OutOfMemory, StartFailed
 from tidal.router.pool import QueueFull, RevisionPool, RevisionRetired
 from tidal.router.router import Route, Router, Target
+from tidal.runtime.capture import cap_logs
 from tidal.runtime.codec import is_raw
 from tidal.runtime.protocol import CallStats, Chunk, End, Error, Invoke, Message, Result
 from tidal.spec import Style
@@ -40,6 +43,7 @@ KIND_OF_ERROR_TYPE = {
     "Timeout": OutcomeKind.TIMEOUT,
     "Cancelled": OutcomeKind.CANCELLED,
     "InstanceLost": OutcomeKind.INSTANCE_LOST,
+    "OutOfMemory": OutcomeKind.OUT_OF_MEMORY,
 }
 
 
@@ -81,10 +85,20 @@ def outcome_of_error(error: Error) -> Outcome:
     return Outcome.error(kind, error.message, error.type)
 
 
+def _ignore_rejection(function: str, at: float) -> None:
+    pass
+
+
 class Invoker:
-    def __init__(self, router: Router, record: Callable[[Activation], None]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        record: Callable[[Activation], None],
+        reject: Callable[[str, float], None] = _ignore_rejection,
+    ) -> None:
         self.router = router
         self.record = record
+        self.reject = reject  # (function, epoch s): a 429, counted instead of recorded
         self.activation_ids = ActivationIds()
 
     def check(self, function: str, caller: Caller) -> Outcome | None:
@@ -116,6 +130,9 @@ class Invoker:
         except Exception:  # a bug of ours still gives the caller an outcome and leaves a record
             log.exception("invocation %s failed inside the gateway", activation.id)
             outcome = Outcome.error(OutcomeKind.INTERNAL, "the gateway failed; see its log")
+        if outcome.kind is OutcomeKind.QUEUE_FULL:  # no activation id: nothing is recorded under it
+            self.reject(request.function, request.received_at)
+            return outcome
         outcome.activation, outcome.revision, outcome.cold = (
             activation.id,
             activation.revision,
@@ -149,6 +166,16 @@ class Invoker:
         if isinstance(acquired, Outcome):
             return acquired
         pool, client = acquired
+        outcome = await self._call(request, activation, deadline, pool, client)
+        if activation.cold:  # how the instance it waited for started: x-tidal-cold-start-detail
+            outcome.cold_detail = client.handle.extra.get(COLD_START_DETAIL, "")
+        return outcome
+
+    async def _call(
+        self, request: InvocationRequest, activation: Activation, deadline: float, pool: RevisionPool,
+        client: InstanceClient,
+    ) -> Outcome:  # fmt: skip
+        """Hand the request to the instance ``_acquire`` found: its answer (or stream) as an outcome."""
         context = request.context
         forwarded = {key: value for key, value in context.headers.items() if key not in HIDDEN_HEADERS}
 
@@ -161,7 +188,8 @@ class Invoker:
             first = await call.answer(max(0.0, deadline - time.time()) + DEADLINE_GRACE_S)
         except InstanceLost as exc:
             pool.release(client)
-            return Outcome.error(OutcomeKind.INSTANCE_LOST, str(exc))
+            kind = OutcomeKind.OUT_OF_MEMORY if isinstance(exc, OutOfMemory) else OutcomeKind.INSTANCE_LOST
+            return Outcome.error(kind, str(exc))
         except TimeoutError:
             # The instance did not even report its own timeout: its event loop is stuck. Replace it.
             client.cancel(call)
@@ -290,10 +318,11 @@ class InstanceStream:
 
     def _close(self, outcome: Outcome) -> None:
         self._done = True
-        outcome.activation, outcome.revision, outcome.cold = (
+        outcome.activation, outcome.revision, outcome.cold, outcome.cold_detail = (
             self.outcome.activation,
             self.outcome.revision,
             self.outcome.cold,
+            self.outcome.cold_detail,
         )
         self.outcome = outcome
         self._pool.release(self._client)
@@ -323,4 +352,4 @@ def _copy_stats(activation: Activation, message: Message) -> None:
     activation.billed_ms = billed_ms(stats.duration_ms)
     activation.cpu_ms = stats.cpu_ms
     activation.peak_rss_kb = stats.peak_rss_kb
-    activation.logs = getattr(message, "logs", "")
+    activation.logs = cap_logs(getattr(message, "logs", ""))

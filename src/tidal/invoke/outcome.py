@@ -25,6 +25,7 @@ class OutcomeKind(StrEnum):
     QUEUE_FULL = "queue_full"
     UNAVAILABLE = "unavailable"  # redeployed over and over while the request waited
     INSTANCE_LOST = "instance_lost"  # the instance died holding the request
+    OUT_OF_MEMORY = "out_of_memory"  # ... because it passed its memory limit (the same input would again)
     SETUP_FAILED = "setup_failed"  # the module failed to import or setup() raised
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # the caller went away
@@ -49,6 +50,7 @@ OUTCOMES: dict[OutcomeKind, Meaning] = {
     OutcomeKind.QUEUE_FULL: Meaning(429, True, "rejected"),
     OutcomeKind.UNAVAILABLE: Meaning(503, True, "rejected"),
     OutcomeKind.INSTANCE_LOST: Meaning(502, True, "lost"),
+    OutcomeKind.OUT_OF_MEMORY: Meaning(502, False, "oom"),
     OutcomeKind.SETUP_FAILED: Meaning(502, True, "setup_failed"),
     OutcomeKind.TIMEOUT: Meaning(504, True, "timeout"),
     OutcomeKind.CANCELLED: Meaning(499, False, "cancelled"),
@@ -66,6 +68,7 @@ DEFAULT_ERROR_TYPE: dict[OutcomeKind, str] = {
     OutcomeKind.QUEUE_FULL: "TooManyRequests",
     OutcomeKind.UNAVAILABLE: "Unavailable",
     OutcomeKind.INSTANCE_LOST: "InstanceLost",
+    OutcomeKind.OUT_OF_MEMORY: "OutOfMemory",
     OutcomeKind.SETUP_FAILED: "SetupFailed",
     OutcomeKind.TIMEOUT: "Timeout",
     OutcomeKind.CANCELLED: "Cancelled",
@@ -97,6 +100,7 @@ class Outcome:
     activation: str = ""  # "" when refused before an activation existed (404, 401, bad JSON ...)
     revision: str = ""
     cold: bool = False
+    cold_detail: str = ""  # on a cold start: "fork" | "template-built" | "spawn" (how the instance started)
     stream: Stream | None = None
 
     @classmethod

@@ -32,6 +32,10 @@ class InstanceLost(Exception):
     """The instance's connection closed while calls were in flight (it crashed or was killed)."""
 
 
+class OutOfMemory(InstanceLost):
+    """The instance was killed for passing its memory limit."""
+
+
 class StartFailed(Exception):
     """The instance never became ready: its module failed to import or its setup raised."""
 
@@ -78,7 +82,7 @@ class Call:
         if not self.first.done():
             self.first.set_exception(exc)
         else:
-            self.deliver(Error(self.id, "InstanceLost", str(exc), stats=_NO_STATS))
+            self.deliver(Error(self.id, type(exc).__name__, str(exc), stats=_NO_STATS))
 
     async def next_stream_frame(self) -> Message:
         if self.stream is None:
@@ -184,7 +188,12 @@ class InstanceClient(asyncio.Protocol):
         self.lost = True
         if not self.ready.done():
             self.ready.set_exception(StartFailed("InstanceExited", "the instance exited before it was ready"))
-        lost = InstanceLost(f"instance {self.id} exited with requests in flight")
+        reason = self.handle.loss_reason()
+        lost = (
+            OutOfMemory(reason)
+            if reason
+            else InstanceLost(f"instance {self.id} exited with requests in flight")
+        )
         calls, self._calls = self._calls, {}
         for call in calls.values():
             call.fail(lost)

@@ -111,6 +111,7 @@ class Router:
         self.routes: dict[str, Route] = {}
         self._pools: dict[str, RevisionPool] = {}  # revision id -> pool, for every serving revision
         self._background: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()  # pools draining, then released
 
     def pools(self) -> list[RevisionPool]:
         """The pools of serving revisions (retiring ones drain on their own)."""
@@ -169,16 +170,24 @@ class Router:
     def _retire(self, pool: RevisionPool) -> None:
         if self._pools.get(pool.revision.id) is pool:
             del self._pools[pool.revision.id]
-            self._in_background(self._drain_and_release(pool))
+            task = self._in_background(self._drain_and_release(pool))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def drained(self) -> None:
+        """Return once every pool retired until now has drained and released what the backend
+        warmed for it (its code dir is then no longer used by any process)."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _drain_and_release(self, pool: RevisionPool) -> None:
         await pool.drain(grace_s=pool.spec.timeout)
         await self.backend.release(pool.launch)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def close(self) -> None:
         pools = list(self._pools.values())

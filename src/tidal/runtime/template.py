@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from tidal.runtime import worker
+from tidal.runtime import sandbox, worker
 from tidal.runtime.loader import Target, build_target, import_entry
 
 # Set in the template's environment (never an instance's) so the pinned values and the marker
@@ -72,9 +72,12 @@ class TemplateFailed(Control, tag="failed", frozen=True):
 
 
 class Fork(Control, tag="fork", frozen=True):
+    """Fork an instance. Two descriptors travel with it: the listening socket, then the log file
+    (opened by the gateway: the template's own mount view has no state dir to open it in).
+    """
+
     id: int
     config: worker.InstanceConfig
-    log_path: str
     cpu: float = 1.0
 
 
@@ -190,14 +193,16 @@ class Template:
             for fd in fds:
                 os.close(fd)
             return
-        if len(fds) != 1:
+        if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            self.send(ForkFailed(request.id, f"expected one listening socket, got {len(fds)}"))
+            self.send(
+                ForkFailed(request.id, f"expected a listening socket and a log file, got {len(fds)} fds")
+            )
             return
-        self.fork(request, fds[0])
+        self.fork(request, fds[0], fds[1])
 
-    def fork(self, request: Fork, listen_fd: int) -> None:
+    def fork(self, request: Fork, listen_fd: int, log_fd: int) -> None:
         started = time.perf_counter()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -205,14 +210,16 @@ class Template:
             pid = os.fork()
         except OSError as exc:
             os.close(listen_fd)
+            os.close(log_fd)
             self.send(ForkFailed(request.id, f"fork failed: {exc}"))
             return
         if pid == 0:
-            self.child(request, listen_fd)
+            self.child(request, listen_fd, log_fd)
         os.close(listen_fd)
+        os.close(log_fd)
         self.send(Forked(request.id, pid, (time.perf_counter() - started) * 1000))
 
-    def child(self, request: Fork, listen_fd: int) -> NoReturn:
+    def child(self, request: Fork, listen_fd: int, log_fd: int) -> NoReturn:
         """In the forked child: become the instance. Never returns into the template's loop."""
         try:
             signal.set_wakeup_fd(-1)
@@ -221,7 +228,6 @@ class Template:
             os.close(self.wake_r)
             os.close(self.wake_w)
             self.control.close()
-            log_fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
             os.close(log_fd)
@@ -275,6 +281,14 @@ def main() -> None:
     config = msgspec.json.decode(os.environ.pop("TIDAL_TEMPLATE_CONFIG"), type=TemplateConfig)
     control = socket.socket(fileno=int(os.environ.pop("TIDAL_CONTROL_FD")))
     control.setblocking(True)
+    try:
+        sandbox.enter_from_env()  # before the function's module is imported: all it runs is inside
+    except sandbox.SandboxError as exc:
+        control.send(encode(TemplateFailed("SandboxError", str(exc))))
+        os._exit(1)
+    worker.die_with_parent()  # a change of uid cleared the parent-death signal: set it again
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401  (imported once here, not in every instance)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ctypes
-import io
 import os
 import resource
 import signal
@@ -28,7 +27,7 @@ from typing import Any, NoReturn, cast
 
 import msgspec
 
-from tidal.runtime import capture, codec
+from tidal.runtime import capture, codec, sandbox
 from tidal.runtime.loader import Target, build_target, import_entry
 from tidal.runtime.protocol import (
     CallStats,
@@ -99,7 +98,7 @@ class Worker:
             task.cancel()
 
     async def invoke(self, request: Invoke, stop: threading.Event) -> None:
-        buffer = io.StringIO()
+        buffer = capture.LogBuffer()
         capture.current_buffer.set(buffer)  # this task's own context: invocations never mix logs
         started, cpu_started = time.perf_counter(), time.process_time()
         cpu_box = [0.0]
@@ -140,7 +139,7 @@ class Worker:
         self,
         request: Invoke,
         stop: threading.Event,
-        buffer: io.StringIO,
+        buffer: capture.LogBuffer,
         started: float,
         cpu_box: list[float],
     ) -> None:
@@ -305,9 +304,10 @@ def run(config: InstanceConfig, listener: socket.socket, preloaded: Target | Non
 
 
 def main() -> None:
-    die_with_parent()
     config = msgspec.json.decode(os.environ.pop("TIDAL_INSTANCE"), type=InstanceConfig)
     listener = socket.socket(fileno=int(os.environ.pop("TIDAL_LISTEN_FD")))
+    sandbox.enter_from_env()  # a spawned instance sandboxes itself before it imports the function
+    die_with_parent()  # after the sandbox: a change of uid clears the parent-death signal
     run(config, listener)
 
 
