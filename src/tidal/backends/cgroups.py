@@ -73,12 +73,12 @@ class Group:
                     return int(value) > 0
         return False
 
-    def kill_all(self, timeout_s: float = 2.0) -> int:
-        """SIGKILL every process of the group (frozen first, so none can fork meanwhile)."""
+    def kill_all(self, timeout_s: float = 2.0, spare: frozenset[int] = frozenset()) -> int:
+        """SIGKILL every process of the group but ``spare`` (frozen first, so none can fork meanwhile)."""
         freezer = self.dirs.get("freezer")
         killed = 0
         deadline = time.monotonic() + timeout_s
-        while (pids := self.pids()) and time.monotonic() < deadline:
+        while (pids := [pid for pid in self.pids() if pid not in spare]) and time.monotonic() < deadline:
             if freezer is not None:
                 with contextlib.suppress(OSError):
                     (freezer / "freezer.state").write_text("FROZEN")
@@ -142,10 +142,10 @@ class Cgroups:
             folder.mkdir(exist_ok=True)
             dirs[controller] = folder
         group = Group(dirs, limits)
-        self._apply(group, limits)
+        self.apply(group, limits)
         return group
 
-    def _apply(self, group: Group, limits: Limits) -> None:
+    def apply(self, group: Group, limits: Limits) -> None:
         writes: list[tuple[str, str, str]] = [
             ("memory", "memory.limit_in_bytes", str(limits.memory_mb * 1024 * 1024)),
             ("memory", "memory.swappiness", "0"),  # over the limit means killed, not swapped out

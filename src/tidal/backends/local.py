@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ import msgspec
 
 from tidal.backends.base import COLD_START_DETAIL, Capacity, ExitCallback, InstanceHandle, InstanceSpec
 from tidal.backends.cgroups import Cgroups, Group, Limits, sweep_stale
+from tidal.backends.cradles import Cradles
 from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instance_env
 from tidal.backends.spawn import spawn_module
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
@@ -103,6 +105,7 @@ class LocalBackend:
         self.isolation = Isolation(state_dir, sandbox or choose_mode(False))
         sweep_stale()  # groups (and processes) left by a gateway that was killed
         self.cgroups = Cgroups.detect(f"tidal-{os.getpid()}")
+        self.cradles = Cradles(self.cgroups)
         self.use_templates = use_templates and templates_enabled_by_env()
         self.template_idle_s = template_idle_s  # an unused template is reaped after this long
         self.log_dir = state_dir / "logs" / "instances"
@@ -214,6 +217,8 @@ class LocalBackend:
         self._failures[key] = _Failure(time.monotonic(), reason)
 
     def _template_died(self, template: TemplateProcess) -> None:
+        if template.pid is not None:
+            self.cradles.drop(template.pid)
         if self._templates.get(template.key) is template:
             del self._templates[template.key]
         if template.closing or self._closed:
@@ -306,9 +311,7 @@ class LocalBackend:
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
         )
-        group = self._group(instance_id, Limits(spec.memory, spec.cpu))
-        if group is not None:
-            handle.loss_reason = lambda: _oom_reason(group, spec.memory)
+        limits = Limits(spec.memory, spec.cpu)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -317,22 +320,20 @@ class LocalBackend:
             listener.listen(8)
             running = None
             if self.use_templates:
-                running = await self._fork(launch, config, listener, handle, socket_path)
-                if running is not None and group is not None and handle.pid is not None:
-                    # Before the gateway connects: the child runs no user code until then.
-                    with contextlib.suppress(OSError):
-                        group.add(handle.pid)
+                running = await self._fork(launch, config, listener, handle, socket_path, limits)
             if running is None:
+                group = self._group(instance_id, limits)
                 running = await self._spawn(launch, config, listener, handle, socket_path, group)
+                running.group = group
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
-            if group is not None:
-                await asyncio.to_thread(_discard, group)
             raise
         finally:
             listener.close()  # the instance holds its own copy
-        running.group = group
+        group = running.group
+        if group is not None:
+            handle.loss_reason = lambda: _oom_reason(group, spec.memory)
         self._running[instance_id] = running
         watcher = asyncio.create_task(self._watch(running))
         self._watchers.add(watcher)
@@ -346,9 +347,12 @@ class LocalBackend:
         listener: socket.socket,
         handle: InstanceHandle,
         socket_path: Path,
+        limits: Limits,
     ) -> _Running | None:
         try:
             template = await self._template(launch)
+            assert template.pid is not None
+            cradle = self.cradles.take(template.pid, limits)  # the child is born in it: no move
             pid, fork_ms, exited = await template.fork(
                 config, listener, handle.log_path or "/dev/null", launch.spec.cpu
             )
@@ -363,7 +367,14 @@ class LocalBackend:
             return None
         handle.pid = pid
         handle.extra.update(started_via="template", fork_ms=f"{fork_ms:.2f}", template_pid=str(template.pid))
-        return _Running(handle, socket_path, exited)
+        group = cradle
+        if group is None and self.cgroups.bases:  # no cradle ready (a burst): move the child now
+            group = self._group(handle.id, limits)
+            if group is not None:
+                with contextlib.suppress(OSError):  # before the gateway connects: no user code ran yet
+                    await asyncio.to_thread(group.add, pid)
+        self._in_background(self.cradles.refill(template.pid))  # the template moves on, off the cold path
+        return _Running(handle, socket_path, exited, group=group)
 
     async def _spawn(
         self,
@@ -427,7 +438,7 @@ class LocalBackend:
             except Exception:
                 log.exception("exit callback failed for %s", handle.id)
         if running.group is not None:  # whatever it forked, detached or not, goes with it
-            await asyncio.to_thread(_discard, running.group)
+            await asyncio.to_thread(_discard, running.group, frozenset(self.cradles.holders()))
 
     def _signal(self, running: _Running, signum: int) -> None:
         if running.exited.done():
@@ -468,6 +479,11 @@ class LocalBackend:
             self.socket_dir.rmdir()  # only when empty: nothing of a live instance is removed
         await asyncio.to_thread(self.cgroups.close)
 
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
     def _group(self, name: str, limits: Limits) -> Group | None:
         """A control group with ``limits``, or None where this host enforces none."""
         if not self.cgroups.bases:
@@ -483,8 +499,8 @@ class LocalBackend:
         return {"sandbox": self.isolation.describe(), "limits": self.cgroups.describe()}
 
 
-def _discard(group: Group) -> None:
-    group.kill_all()
+def _discard(group: Group, spare: frozenset[int] = frozenset()) -> None:
+    group.kill_all(spare=spare)
     group.remove()
 
 
