@@ -71,9 +71,9 @@ np.random.random()  # the template touches both generators before it forks
 torch.rand(1)
 
 
-@tidal.function(name="random_draw_e2e", concurrency=1, max_instances=2)
+@tidal.function(name="random_draw_e2e", concurrency=1, min_instances=2, max_instances=2)
 def draw(payload):
-    time.sleep(0.5)  # hold the only slot, so the second concurrent call needs a second instance
+    time.sleep(0.5)  # hold the instance's only slot, so the second concurrent call goes to the other
     return {"pid": os.getpid(), "ppid": os.getppid(),
             "numpy": float(np.random.random()), "torch": float(torch.rand(1))}
 """
@@ -153,6 +153,8 @@ def test_torch_loaded_once_forks_without_deadlock(tidal_server: TidalServer, wri
 
 def test_forked_siblings_draw_different_random_numbers(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     assert tidal_server.deploy(write_module(RANDOM_DRAW, "random_draw.py")).returncode == 0
+    # Two warm siblings first: waiting for the autoscaler's second start under load made this flaky.
+    wait_for(lambda: len(instances(tidal_server, "random_draw_e2e")) == 2, timeout_s=90)
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(lambda _: invoke(tidal_server, "random_draw_e2e", {}), range(2))
     assert first["pid"] != second["pid"] and first["ppid"] == second["ppid"]  # siblings of one template
