@@ -197,3 +197,31 @@ def test_cpu_is_capped_and_a_fork_bomb_is_contained(tidal_server: TidalServer, w
     assert bomb["error"] == 11 and bomb["children"] < 512, bomb  # EAGAIN at the pids limit
     assert httpx.get(f"{tidal_server.url}/healthz").status_code == 200
     assert tidal_server.cli("rm", "forker").returncode == 0
+
+
+SLOW_HOG = """
+import time
+
+import tidal
+
+@tidal.function(name="slow_hog", memory=128)
+def slow_hog(payload):
+    blocks = [bytearray(1024 * 1024) for _ in range(payload["mb"])]
+    time.sleep(payload.get("hold", 0))  # the watchdog samples: a spike must last to be seen
+    return {"held_mb": len(blocks)}
+"""
+
+
+def test_without_control_groups_an_rss_watchdog_limits_memory(
+    fresh_server: TidalServer, write_module, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TIDAL_CGROUPS", "0")  # as on a host (or for a user) with no writable cgroups
+    server = fresh_server.start()
+    assert server.deploy(write_module(SLOW_HOG, "slow_hog.py")).returncode == 0
+    assert server.client.post("/fn/slow_hog", json={"mb": 16}).json() == {"held_mb": 16}
+    answer = server.client.post("/fn/slow_hog", json={"mb": 300, "hold": 3})
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["type"] == "OutOfMemory"
+    assert "memory limit of 128 MiB" in answer.json()["error"]["message"]
+    assert server.client.post("/fn/slow_hog", json={"mb": 16}).status_code == 200
+    assert "RSS watchdog" in server.cli("status", "slow_hog").stdout

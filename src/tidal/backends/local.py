@@ -46,6 +46,7 @@ from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instan
 from tidal.backends.spawn import spawn_module
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
+from tidal.backends.watchdog import MemoryWatchdog
 from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
 
@@ -106,6 +107,7 @@ class LocalBackend:
         sweep_stale()  # groups (and processes) left by a gateway that was killed
         self.cgroups = Cgroups.detect(f"tidal-{os.getpid()}")
         self.cradles = Cradles(self.cgroups)
+        self.watchdog = MemoryWatchdog()  # memory limits where no control group enforces them
         self.use_templates = use_templates and templates_enabled_by_env()
         self.template_idle_s = template_idle_s  # an unused template is reaped after this long
         self.log_dir = state_dir / "logs" / "instances"
@@ -334,6 +336,9 @@ class LocalBackend:
         group = running.group
         if group is not None:
             handle.loss_reason = lambda: _oom_reason(group, spec.memory)
+        elif handle.pid is not None:
+            self.watchdog.watch(instance_id, handle.pid, spec.memory)
+            handle.loss_reason = lambda: _watchdog_reason(self.watchdog, instance_id, spec.memory)
         self._running[instance_id] = running
         watcher = asyncio.create_task(self._watch(running))
         self._watchers.add(watcher)
@@ -439,6 +444,7 @@ class LocalBackend:
                 log.exception("exit callback failed for %s", handle.id)
         if running.group is not None:  # whatever it forked, detached or not, goes with it
             await asyncio.to_thread(_discard, running.group, frozenset(self.cradles.holders()))
+        self.watchdog.forget(handle.id)
 
     def _signal(self, running: _Running, signum: int) -> None:
         if running.exited.done():
@@ -496,12 +502,21 @@ class LocalBackend:
 
     def describe_isolation(self) -> dict[str, str]:
         """What `tidal status` and the start banner say about the sandbox and the limits."""
-        return {"sandbox": self.isolation.describe(), "limits": self.cgroups.describe()}
+        limits = self.cgroups.describe()
+        if not self.cgroups.enforced:
+            limits = f"memory by an RSS watchdog (every {self.watchdog.interval_s:g} s; cpu and processes not limited): {limits}"
+        return {"sandbox": self.isolation.describe(), "limits": limits}
 
 
 def _discard(group: Group, spare: frozenset[int] = frozenset()) -> None:
     group.kill_all(spare=spare)
     group.remove()
+
+
+def _watchdog_reason(watchdog: MemoryWatchdog, instance: str, memory_mb: int) -> str | None:
+    if watchdog.killed(instance):
+        return f"the instance used more than its memory limit of {memory_mb} MiB and was killed"
+    return None
 
 
 def _oom_reason(group: Group, memory_mb: int) -> str | None:

@@ -95,6 +95,7 @@ class Platform:
         self.supervisor.add("activation-writer", self.recorder.run)
         self.supervisor.add("autoscaler", self.autoscaler.run)
         self.supervisor.add("template-reaper", self.backend.reap_templates_forever)
+        self.supervisor.add("memory-watchdog", self.backend.watchdog.run)
         policy = RetentionPolicy(config.activation_retention_s, config.activation_max_rows)
         log_dirs = (state_dir / "logs" / "instances", state_dir / "logs" / "templates")
         self.retention = Retention(self.store, policy, log_dirs, default_sink().open_paths)
