@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,16 @@ class TidalServer:
 
     def deploy(self, path: str | Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("deploy", str(path), *extra_args)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; fail the test naming ``what`` if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def cli_env() -> dict[str, str]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from conftest import TidalServer
+from conftest import TidalServer, wait_for
 
 SLEEPER = """
 import os
@@ -34,15 +33,6 @@ def deploy(server: TidalServer, write_module: Callable[..., Any], name: str, *fl
 def instances(server: TidalServer, name: str) -> dict[str, Any]:
     info: dict[str, Any] = server.client.get(f"/v1/functions/{name}").json()["instances"]
     return info
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def burst(server: TidalServer, name: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:

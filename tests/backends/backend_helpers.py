@@ -46,6 +46,14 @@ def make_launch(
     return InstanceSpec(revision, validated, code_dir)
 
 
+def write(tmp_path: Path, name: str, source: str) -> str:
+    """A code folder holding ``name``.py with ``source``; its path."""
+    folder = tmp_path / f"code-{name}"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(source)
+    return str(folder)
+
+
 async def connect(handle: InstanceHandle) -> tuple[InstanceClient, Ready]:
     client = await InstanceClient.connect(handle, lambda _: None)
     ready = await asyncio.wait_for(asyncio.shield(client.ready), ANSWER_TIMEOUT_S)

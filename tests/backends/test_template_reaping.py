@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from backend_helpers import call, connect, gone, make_launch, template_pids, wait_until
+from backend_helpers import call, connect, gone, make_launch, template_pids, wait_until, write
 
 from tidal.backends.base import COLD_START_DETAIL
 from tidal.backends.local import LocalBackend
@@ -123,13 +123,6 @@ def test_the_status_line_about_a_template() -> None:
 
 
 # -- real templates --------------------------------------------------------------------------------
-
-
-def write(tmp_path: Path, name: str, source: str) -> str:
-    folder = tmp_path / f"code-{name}"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(source)
-    return str(folder)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from backend_helpers import (
     parent_of,
     template_pids,
     wait_until,
+    write,
 )
 
 from tidal.backends.base import Capacity, InstanceHandle
@@ -76,13 +77,6 @@ import tidal
 def stubborn(payload):
     return {"ppid": os.getppid(), "payload": payload}
 """
-
-
-def write(tmp_path: Path, name: str, source: str) -> str:
-    folder = tmp_path / f"code-{name}"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(source)
-    return str(folder)
 
 
 @pytest.fixture

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sqlite3
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import TIDAL, TidalServer, cli_env
+from conftest import TIDAL, TidalServer, cli_env, wait_for
 
 MiB = 1024 * 1024
 
@@ -42,15 +41,6 @@ def twin_a(payload):
 def twin_b(payload):
     return "b"
 """
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def deploy_loud(server: TidalServer, write_module: Callable[..., Path], name: str) -> None:
