@@ -242,6 +242,9 @@ def deploy(
     handler: Annotated[str | None, typer.Option(help="Lambda-style handler: NAME or module.NAME")] = None,
     style: Annotated[str | None, typer.Option(help="native | lambda | lambda-http")] = None,
     entry: Annotated[str | None, typer.Option(help="file to run inside a folder (default main.py)")] = None,
+    no_traffic: Annotated[
+        bool, typer.Option("--no-traffic", help="make the revision but keep the function's traffic as it is")
+    ] = False,
     **spec_flags: Any,
 ) -> None:
     """Deploy a function: a new revision when code or spec changed, a no-op otherwise.
@@ -250,7 +253,13 @@ def deploy(
     500ms, 5m or 1h.
     """
     overrides = spec_overrides(spec_flags)
-    options = {"name": name, "handler": handler, "style": style, "entry": entry}
+    options = {
+        "name": name,
+        "handler": handler,
+        "style": style,
+        "entry": entry,
+        "no_traffic": no_traffic or None,
+    }
     try:
         with client() as api:
             deployed = api.deploy(path, options, overrides)
@@ -313,6 +322,12 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     rejected_last_hour = sum(minute["count"] for minute in info.get("rejections", []))
     if rejected_last_hour:
         out.print(f"[yellow]{rejected_last_hour} requests rejected (queue full) in the last hour[/yellow]")
+    if len(info.get("traffic", [])) > 1:
+        shares = ", ".join(
+            f"{t['revision']} {t['percent']}%" + (f" ({t['tag']})" if t["tag"] else "")
+            for t in info["traffic"]
+        )
+        out.print(f"traffic: {shares}", highlight=False)
     isolation = info.get("isolation") or {}
     out.print(
         f"sandbox: {isolation.get('sandbox', '?')}; limits: {isolation.get('limits', '?')}", highlight=False
@@ -490,6 +505,9 @@ def template_line(template: dict[str, Any] | None) -> str:
 def _time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
+
+# Commands kept in modules of their own register on ``app`` when imported.
+from tidal import cli_traffic  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

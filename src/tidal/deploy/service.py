@@ -49,6 +49,9 @@ class DeployOptions:
     handler: str | None = None
     style: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    no_traffic: bool = (
+        False  # make the revision, keep the function's traffic as it is (Knative's --no-traffic)
+    )
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,21 @@ class Deployer:
                 draft = _draft(
                     spec.revision_fields(), code_digest, module, item["attribute"], item["is_class"], style
                 )
+                if options.no_traffic:
+                    await self._check_serving(draft.function)
                 revision, created = await asyncio.to_thread(
-                    self.store.add_revision, draft, spec.function_settings(), True
+                    self.store.add_revision, draft, spec.function_settings(), not options.no_traffic
                 )
                 await self.publish(revision.function)
                 deployed.append(Deployed(revision, created))
             return deployed
+
+    async def _check_serving(self, function: str) -> None:
+        record = await asyncio.to_thread(self.store.function, function)
+        if record is None or not record.traffic:
+            raise DeployError(
+                f"--no-traffic keeps {function!r}'s traffic as it is, but it has none yet: deploy it once without it"
+            )
 
     async def _inspect(self, code_dir: Path, module: str, handler: str | None) -> list[dict[str, Any]]:
         command = [self.python, "-m", "tidal.runtime.inspect_module", str(code_dir), module]

@@ -133,6 +133,9 @@ async def deploy(
     handler: str | None = None,
     style: str | None = None,
     overrides: Annotated[str | None, Query(description="JSON object of spec fields")] = None,
+    no_traffic: Annotated[
+        bool, Query(description="make the revision without sending it traffic (the function's traffic stays)")
+    ] = False,
 ) -> dict[str, Any]:
     limit = platform.config.max_deploy_bytes
     chunks, size = [], 0
@@ -147,7 +150,7 @@ async def deploy(
         raise ApiError(400, "BadRequest", f"overrides is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise ApiError(400, "BadRequest", "overrides must be a JSON object of spec fields")
-    options = DeployOptions(source, name, entry, handler, style, parsed)
+    options = DeployOptions(source, name, entry, handler, style, parsed, no_traffic)
     try:
         deployed = await platform.deployer.deploy(b"".join(chunks), options)
     except DeployError as exc:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
-from tidal.gateway import admin
+from tidal.gateway import admin, traffic_api
 from tidal.gateway.asgi import Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
@@ -46,6 +46,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.include_router(admin.router)
+    app.include_router(traffic_api.router)
 
     @app.exception_handler(admin.ApiError)
     async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:
