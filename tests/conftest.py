@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tidal.store import Activation, SQLiteStore
+
 VENV_BIN = Path(sys.executable).parent
 TIDAL = str(VENV_BIN / "tidal")
 
@@ -110,6 +112,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def activation(number: int, start: float, function: str = "echo") -> Activation:
+    """A finished activation record of ``function`` that started at ``start`` (store tests)."""
+    return Activation(
+        id=f"a{number:05d}", function=function, revision=f"{function}-00001", instance="i", start=start,
+        duration_ms=1.0, billed_ms=1, memory_mb=128, cold=False, status="ok", http_status=200,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    """A fresh SQLite store (all migrations applied) in this test's folder."""
+    store = SQLiteStore(tmp_path / "tidal.db")
+    yield store
+    store.close()
 
 
 def cli_env() -> dict[str, str]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import activation
 from tidal.metering.retention import (
     DAY_S,
     DEFAULT_MAX_ROWS,
@@ -19,23 +19,9 @@ from tidal.metering.retention import (
     plan_sweep,
 )
 from tidal.spec import parse_duration
-from tidal.store import Activation, SQLiteStore
+from tidal.store import SQLiteStore
 
 NOW = 100 * DAY_S  # a virtual "now", in epoch seconds
-
-
-def activation(number: int, start: float) -> Activation:
-    return Activation(
-        id=f"a{number:05d}", function="echo", revision="echo-00001", instance="i", start=start,
-        duration_ms=1.0, billed_ms=1, memory_mb=128, cold=False, status="ok", http_status=200,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "tidal.db")
-    yield store
-    store.close()
 
 
 def test_the_defaults_are_a_week_and_a_million_rows() -> None:

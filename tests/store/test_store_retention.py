@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-import pytest
 from store_helpers import connect, draft, user_version
 
-from tidal.store import Activation, SQLiteStore
+from conftest import activation
+from tidal.store import SQLiteStore
 from tidal.store.migrations import MIGRATIONS, latest_version, migrate
-
-
-def activation(number: int, start: float, function: str = "echo") -> Activation:
-    return Activation(
-        id=f"a{number:05d}", function=function, revision=f"{function}-00001", instance="i", start=start,
-        duration_ms=1.0, billed_ms=1, memory_mb=128, cold=False, status="ok", http_status=200,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "tidal.db")
-    yield store
-    store.close()
 
 
 def starts(store: SQLiteStore, function: str = "echo") -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -13,13 +12,6 @@ import pytest
 from store_helpers import draft
 
 from tidal.store import Activation, KeyRecord, Revision, SQLiteStore, TrafficTarget
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "tidal.db")
-    yield store
-    store.close()
 
 
 def traffic(store: SQLiteStore, name: str = "echo") -> list[TrafficTarget]:
