@@ -16,6 +16,7 @@ from typing import Annotated, Any, cast
 import typer
 from pydantic.fields import FieldInfo
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
@@ -245,6 +246,16 @@ def deploy(
     no_traffic: Annotated[
         bool, typer.Option("--no-traffic", help="make the revision but keep the function's traffic as it is")
     ] = False,
+    canary: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=99,
+            metavar="PERCENT",
+            help="deploy with no traffic, then roll out from this percent "
+            "(tidal rollout's defaults: 25, 50, 100 every 60s, at most 1% errors)",
+        ),
+    ] = None,
     **spec_flags: Any,
 ) -> None:
     """Deploy a function: a new revision when code or spec changed, a no-op otherwise.
@@ -258,16 +269,25 @@ def deploy(
         "handler": handler,
         "style": style,
         "entry": entry,
-        "no_traffic": no_traffic or None,
+        "no_traffic": no_traffic or canary is not None or None,
     }
     try:
-        with client() as api:
-            deployed = api.deploy(path, options, overrides)
+        with client() as api, out.status("deploying", spinner="dots") as spinner:
+
+            def progress(line: str) -> None:  # installing requirements: uv's lines as they come
+                out.print(f"[dim]  {escape(line)}[/dim]")
+                spinner.update(f"deploying: {escape(line)[:80]}")
+
+            deployed = api.deploy(path, options, overrides, progress)
     except TidalError as exc:
         fail(str(exc))
     for item in deployed:
         state = "[green]new revision[/green]" if item["created"] else "unchanged"
         out.print(f"{item['function']}: {item['revision']} ({state})  POST {settings.url}{item['url']}")
+    if canary is not None:
+        from tidal.cli_rollout import start_canary
+
+        start_canary(deployed, canary)
 
 
 @app.command("ls")
@@ -334,13 +354,14 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     )
     out.print(template_line(info.get("template")), highlight=False)
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
-    table = Table("revision", "created", "code digest", "entry")
+    table = Table("revision", "created", "code digest", "entry", "environment")
     for revision in info["revisions"]:
         table.add_row(
             revision["id"],
             _time(revision["created_at"]),
             revision["code_digest"][:12],
             f"{revision['module']}.{revision['attribute']}",
+            revision.get("environment", "")[:12] or "tidal's own",
         )
     out.print(table)
     if info["events"]:
@@ -507,7 +528,7 @@ def _time(epoch: float) -> str:
 
 
 # Commands kept in modules of their own register on ``app`` when imported.
-from tidal import cli_traffic  # noqa: E402, F401
+from tidal import cli_rollout, cli_shadow, cli_traffic  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,16 @@ class Client:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
-    def deploy(self, path: Path, options: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    def deploy(
+        self,
+        path: Path,
+        options: dict[str, Any],
+        overrides: dict[str, Any],
+        progress: Callable[[str], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Deploy ``path``; with ``progress``, hear the gateway's progress lines (installing
+        requirements) as they come.
+        """
         params = {key: value for key, value in options.items() if value is not None}
         params["source"] = path.resolve().name
         if overrides:
@@ -67,15 +77,41 @@ class Client:
             bundle = bundle_path(path)
         except ValueError as exc:
             raise TidalError(str(exc)) from None
-        answer = self.json(
-            "POST",
-            "/v1/functions",
-            params=params,
-            content=bundle,
-            headers={"content-type": "application/zip"},
-        )
-        deployed: list[dict[str, Any]] = answer["deployed"]
-        return deployed
+        headers = {"content-type": "application/zip"}
+        if progress is None:
+            answer = self.json("POST", "/v1/functions", params=params, content=bundle, headers=headers)
+            deployed: list[dict[str, Any]] = answer["deployed"]
+            return deployed
+        headers["accept"] = "application/x-ndjson"
+        try:
+            with self._http.stream(
+                "POST", "/v1/functions", params=params, content=bundle, headers=headers
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise TidalError(_error_message(response), response.status_code)
+                return _deploy_outcome(response.iter_lines(), progress)
+        except httpx.ConnectError:
+            raise TidalError(f"cannot reach tidal at {self.url}: is `tidal up` running?") from None
+        except httpx.TimeoutException:
+            raise TidalError(f"tidal at {self.url} did not answer in time") from None
+
+
+def _deploy_outcome(lines: Iterator[str], progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Read a streamed deploy: progress lines to ``progress``, then its result or its error."""
+    for line in lines:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        if event["event"] == "progress":
+            progress(event["line"])
+        elif event["event"] == "error":
+            error = event["error"]
+            raise TidalError(f"{error['type']}: {error['message']}", event["status"])
+        else:
+            deployed: list[dict[str, Any]] = event["deployed"]
+            return deployed
+    raise TidalError("the gateway closed the deploy's stream before it finished")
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -124,6 +124,14 @@ class FunctionSpec(BaseModel):
         default_factory=dict, description="environment variables of each instance", json_schema_extra=REVISION
     )
     public: bool = Field(False, description="invoke without an API key", json_schema_extra=FUNCTION)
+    sticky_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a top-level field of the JSON body whose value keeps a caller on one revision "
+        "while a split's weights stay (the `x-tidal-key` header wins; no such field: a random draw)",
+        json_schema_extra={**FUNCTION, "default_text": "none"},
+    )
     # -- elastic scaling (Knative KPA-style; see tidal.autoscale.decider) --
     target_concurrency: float | None = Field(
         None,
@@ -248,7 +256,7 @@ class FunctionSpec(BaseModel):
         """The function-level fields only: they apply to every revision, and change none.
 
         >>> FunctionSpec(name="x", public=True).function_settings()
-        {'public': True}
+        {'public': True, 'sticky_key': None}
         """
         return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
 

@@ -6,6 +6,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import msgspec
 from store_helpers import connect, draft, user_version
 
 from conftest import activation
@@ -75,6 +76,15 @@ def test_code_digests_are_those_of_every_stored_revision(store: SQLiteStore) -> 
     assert store.code_digests() == {"shared"}
 
 
+def test_environments_are_those_of_stored_revisions_that_have_one(store: SQLiteStore) -> None:
+    store.add_revision(msgspec.structs.replace(draft("one"), environment="e" * 64))
+    store.add_revision(draft("two"))  # no requirements: tidal's own environment, not listed
+    assert store.environments() == {"e" * 64}
+    assert store.revision("one-00001").environment == "e" * 64  # type: ignore[union-attr]
+    store.delete_function("one")
+    assert store.environments() == set()
+
+
 def test_a_schema_2_state_dir_gains_the_indexes_and_keeps_its_rows(tmp_path: Path) -> None:
     db = tmp_path / "tidal.db"
     with closing(connect(db)) as connection:
@@ -90,7 +100,7 @@ def test_a_schema_2_state_dir_gains_the_indexes_and_keeps_its_rows(tmp_path: Pat
 
     store = SQLiteStore(db)
     try:
-        assert user_version(db) == latest_version() == 3
+        assert user_version(db) == latest_version()
         assert [item.id for item in store.activations("echo")] == ["old"]
         plan = store._query("EXPLAIN QUERY PLAN SELECT rowid FROM activations WHERE start < 1 ORDER BY start")
         assert "activations_by_start" in str(plan)

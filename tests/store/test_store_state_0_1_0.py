@@ -26,9 +26,9 @@ def test_opening_it_stamps_the_baseline_and_runs_the_rest(tmp_path: Path) -> Non
     assert user_version(db) == 0
 
     with closing(connect(db)) as connection:
-        assert migrate(connection, clock=lambda: 1234.5) == [1, 2, 3]
+        assert migrate(connection, clock=lambda: 1234.5) == [m.version for m in MIGRATIONS]
 
-    assert user_version(db) == latest_version() == 3
+    assert user_version(db) == latest_version() == MIGRATIONS[-1].version
     assert recorded_migrations(db) == [(m.version, m.description) for m in MIGRATIONS]
 
 
@@ -49,6 +49,7 @@ def test_functions_revisions_and_traffic_survive(tmp_path: Path) -> None:
             assert store.revision(rev_id) == revision
             assert revision.spec["memory"] == memory
             assert "public" not in revision.spec
+            assert revision.environment == ""  # migration 4: 0.1.0 revisions run in tidal's own
             assert (revision.module, revision.attribute, revision.is_class, revision.style) == (
                 "echo",
                 "echo",

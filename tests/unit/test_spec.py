@@ -98,12 +98,15 @@ def test_a_bad_duration_in_a_spec_names_the_field(value: object, message: str) -
 
 
 def test_public_is_function_level_and_makes_no_new_revision() -> None:
-    assert sorted(FUNCTION_LEVEL_FIELDS) == ["public"]
+    assert sorted(FUNCTION_LEVEL_FIELDS) == ["public", "sticky_key"]
     private = validate_spec({"name": "x", "memory": 1024, "timeout": "30s"})
     public = validate_spec({"name": "x", "memory": 1024, "timeout": "30s", "public": True})
     assert private.revision_fields() == public.revision_fields()  # same digest: no new revision
     assert "public" not in public.revision_fields()
-    assert (private.function_settings(), public.function_settings()) == ({"public": False}, {"public": True})
+    assert (private.function_settings(), public.function_settings()) == (
+        {"public": False, "sticky_key": None},
+        {"public": True, "sticky_key": None},
+    )
     assert public.revision_fields()["timeout"] == 30.0 and public.revision_fields()["memory"] == 1024
 
 

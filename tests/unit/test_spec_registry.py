@@ -33,6 +33,7 @@ SAMPLE: dict[str, Any] = {
     "max_instances": 4,
     "env": {"MODE": "fast"},
     "public": True,
+    "sticky_key": "user_id",
     "target_concurrency": 6,
     "stable_window": "2m",
     "panic_window": "10s",
@@ -107,7 +108,9 @@ class RecordingClient:
     def __exit__(self, *_: object) -> None:
         pass
 
-    def deploy(self, path: Path, options: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    def deploy(
+        self, path: Path, options: dict[str, Any], overrides: dict[str, Any], progress: object = None
+    ) -> list[dict[str, Any]]:
         self.sent.append((path, options, overrides))
         return [{"function": "f", "revision": "f-00001", "created": True, "url": "/fn/f"}]
 

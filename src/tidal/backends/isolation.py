@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
@@ -122,7 +123,8 @@ class Isolation:
             self._uids[function] = uid
         return uid
 
-    def plan(self, function: str, code_dir: str) -> SandboxPlan | None:
+    def plan(self, function: str, code_dir: str, shown: Sequence[str] = ()) -> SandboxPlan | None:
+        """``shown``: more paths inside hidden ones to bind back read-only (an environment)."""
         if self.mode is SandboxMode.OFF:
             return None
         home = os.path.expanduser("~")
@@ -134,7 +136,7 @@ class Isolation:
         return SandboxPlan(
             code_dir=code_dir,
             hide=hidden,
-            keep=_minimal([*runtime, code_dir]),
+            keep=_minimal([*runtime, code_dir, *shown]),
             scratch=list(SCRATCH_PATHS),
             uid=uid,
             gid=uid,

@@ -47,6 +47,7 @@ from tidal.backends.spawn import spawn_module
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.backends.watchdog import MemoryWatchdog
+from tidal.environments.runtime import Environments, Interpreter
 from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig
 
@@ -103,6 +104,7 @@ class LocalBackend:
         sandbox: SandboxMode | None = None,
     ) -> None:
         self.python = python
+        self.environments = Environments(state_dir, python)  # a revision's own requirements, or ours
         self.isolation = Isolation(state_dir, sandbox or choose_mode(False))
         sweep_stale()  # groups (and processes) left by a gateway that was killed
         self.cgroups = Cgroups.detect(f"tidal-{os.getpid()}")
@@ -176,11 +178,14 @@ class LocalBackend:
     async def _launch_template(self, key: TemplateKey, memory_mb: int) -> TemplateProcess:
         name = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
         log_path = self.template_log_dir / f"{Path(key.code_dir).name[:16]}-{key.module}-{name}.log"
-        sandbox = self.isolation.plan(key.function, key.code_dir)
+        interpreter = self._interpreter(key.environment, dict(key.env))
+        sandbox = self.isolation.plan(key.function, key.code_dir, interpreter.paths)
         self.isolation.prepare_code(key.code_dir)
         # The template holds what instances share (the imported modules, with load_once the model).
         group = self._group(f"template-{name}", Limits(memory_mb, 1.0))
-        template = TemplateProcess(key, self.python, log_path, self._template_died, sandbox, group)
+        template = TemplateProcess(
+            key, interpreter.python, log_path, self._template_died, sandbox, group, interpreter.env
+        )
         self._templates[key] = template
         template.ready.add_done_callback(lambda ready: _log_ready(key, ready))
         try:
@@ -394,7 +399,9 @@ class LocalBackend:
             "TIDAL_INSTANCE": msgspec.json.encode(config).decode(),
             "TIDAL_LISTEN_FD": str(listener.fileno()),
         }
-        sandbox = self.isolation.plan(launch.revision.function, launch.code_dir)
+        interpreter = self._interpreter(launch.revision.environment, launch.spec.env)
+        own.update(interpreter.env)
+        sandbox = self.isolation.plan(launch.revision.function, launch.code_dir, interpreter.paths)
         if sandbox is not None:
             self.isolation.prepare_code(launch.code_dir)
             own["TIDAL_SANDBOX"] = msgspec.json.encode(sandbox).decode()
@@ -403,7 +410,7 @@ class LocalBackend:
         started = time.perf_counter()
         assert handle.log_path is not None
         process = await spawn_module(
-            self.python,
+            interpreter.python,
             "tidal.runtime.worker",
             env,
             handle.log_path,
@@ -484,6 +491,10 @@ class LocalBackend:
         with contextlib.suppress(OSError):
             self.socket_dir.rmdir()  # only when empty: nothing of a live instance is removed
         await asyncio.to_thread(self.cgroups.close)
+
+    def _interpreter(self, environment: str, spec_env: dict[str, str]) -> Interpreter:
+        """The Python of a revision's environment (its requirements) or tidal's own."""
+        return self.environments.interpreter(environment, spec_env.get("PYTHONPATH"))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -69,6 +69,7 @@ class TemplateKey(NamedTuple):
     load_once: bool
     # A function's processes run under its own uid: templates are never shared across functions.
     function: str = ""
+    environment: str = ""  # the revision's environment key ("" = tidal's own virtualenv)
 
     @classmethod
     def of(cls, launch: InstanceSpec) -> TemplateKey:
@@ -76,8 +77,9 @@ class TemplateKey(NamedTuple):
         env = tuple(sorted(spec.env.items()))
         attribute, is_class = (revision.attribute, revision.is_class) if spec.load_once else (None, False)
         return cls(
-            launch.code_dir, revision.module, attribute, is_class, env, spec.load_once, revision.function
-        )
+            launch.code_dir, revision.module, attribute, is_class, env, spec.load_once, revision.function,
+            revision.environment,
+        )  # fmt: skip
 
 
 class TemplateProcess:
@@ -91,7 +93,9 @@ class TemplateProcess:
         on_death: Callable[[TemplateProcess], None],
         sandbox: SandboxPlan | None = None,
         group: Group | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.extra_env = extra_env or {}  # the interpreter's own (an environment's PYTHONPATH)
         self.sandbox = sandbox  # entered by the template before it imports the function's module
         self.group = group  # its control group (limits; every process it leaves is killed with it)
         self.key = key
@@ -140,7 +144,7 @@ class TemplateProcess:
         """Start the process; ``ready`` resolves when it has imported (and set up) the code."""
         key = self.key
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = instance_env(dict(key.env), {})  # never the gateway's own environment
+        env = instance_env(dict(key.env), self.extra_env)  # never the gateway's own environment
         config = TemplateConfig(
             code_dir=key.code_dir,
             module=key.module,

@@ -13,19 +13,25 @@ is never removed, so a deploy never finds its code gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
-import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from tidal.backends.isolation import Isolation, instance_env
 from tidal.deploy.bundle import BundleError, unpack
+from tidal.environments.builder import EnvironmentBuilder, EnvironmentBuildError, Progress
+from tidal.environments.requirements import Requirements, RequirementsError, declared
+from tidal.environments.runtime import Environments
 from tidal.spec import SpecError, Style, default_name, validate_spec
 from tidal.store.models import Revision, revision_digest
 from tidal.store.protocols import FunctionStore
@@ -35,6 +41,12 @@ DEPLOY_CONFIG = "tidal.toml"
 ENTRY_CANDIDATES = ("main.py", "handler.py", "lambda_function.py", "app.py")
 # What unpack() leaves in the code root: code/<sha256 hex>, and .unpack-* while it writes one.
 CODE_DIR_NAME = re.compile(r"^([0-9a-f]{64}|\.unpack-.+)$")
+# The sandbox user of deploy-time inspection: not a function name (those cannot hold a colon).
+INSPECTION_USER = ":inspect"
+
+
+def _no_progress(line: str) -> None:
+    pass
 
 
 class DeployError(ValueError):
@@ -68,12 +80,16 @@ class Deployer:
         store: FunctionStore,
         code_root: Path,
         publish: Callable[[str], Awaitable[object]],
-        python: str = sys.executable,
+        environments: Environments,
+        builder: EnvironmentBuilder,
+        isolation: Isolation | None = None,
     ) -> None:
         self.store = store
         self.code_root = code_root
         self.publish = publish
-        self.python = python
+        self.environments = environments  # which Python a revision runs (inspection included)
+        self.builder = builder  # installs a bundle's requirements
+        self.isolation = isolation  # inspection imports user code: in the sandbox, like instances
         self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
         self._code_lock = asyncio.Lock()  # unpacking a bundle vs removing unused code dirs
         self._deploying: Counter[str] = Counter()  # code digests of deploys under way
@@ -81,7 +97,12 @@ class Deployer:
     def code_dir(self, revision: Revision) -> Path:
         return self.code_root / revision.code_digest
 
-    async def deploy(self, bundle: bytes, options: DeployOptions) -> list[Deployed]:
+    async def deploy(
+        self, bundle: bytes, options: DeployOptions, progress: Progress = _no_progress
+    ) -> list[Deployed]:
+        """Store and publish the bundle's functions; ``progress`` hears what takes time (installing
+        requirements), a line at a time.
+        """
         async with self._code_lock:
             try:
                 code_dir, code_digest, names = await asyncio.to_thread(unpack, bundle, self.code_root)
@@ -89,7 +110,7 @@ class Deployer:
                 raise DeployError(str(exc)) from None
             self._deploying[code_digest] += 1
         try:
-            return await self._deploy_code(code_dir, code_digest, names, options)
+            return await self._deploy_code(code_dir, code_digest, names, options, progress)
         finally:
             self._deploying[code_digest] -= 1
             if not self._deploying[code_digest]:
@@ -104,10 +125,18 @@ class Deployer:
             keep |= set(in_use) | set(self._deploying)
             return await asyncio.to_thread(_remove_code_dirs, self.code_root, keep)
 
+    async def remove_unused_environments(self, in_use: Collection[str] = ()) -> list[str]:
+        """Delete the environments no stored revision, no deploy under way and nothing in ``in_use``
+        (keys of running pools) needs; their keys, sorted.
+        """
+        keep = await asyncio.to_thread(self.store.environments)
+        return await self.builder.remove_unused(keep | set(in_use))
+
     async def _deploy_code(
-        self, code_dir: Path, code_digest: str, names: list[str], options: DeployOptions
+        self, code_dir: Path, code_digest: str, names: list[str], options: DeployOptions, progress: Progress
     ) -> list[Deployed]:
         settings = _read_settings(code_dir)
+        from_config = settings.pop("requirements", None)
         style = _style(options.style or settings.pop("style", None) or "native")
         handler = options.handler or settings.pop("handler", None)
         entry = options.entry or settings.pop("entry", None) or _default_entry(names)
@@ -118,7 +147,34 @@ class Deployer:
         if style is not Style.NATIVE and not handler:
             raise DeployError(f"style {style.value!r} needs --handler NAME (the function AWS would call)")
         module, handler = _module_and_handler(entry, handler, names)
-        found = await self._inspect(code_dir, module, handler)
+        try:
+            requirements = declared(code_dir, names, from_config, module.replace(".", "/") + ".py")
+        except RequirementsError as exc:
+            raise DeployError(str(exc)) from None
+        async with self._environment(requirements, code_dir, progress) as environment:
+            return await self._deploy_revisions(
+                code_dir, code_digest, module, handler, name, style, declared_spec, environment, options
+            )
+
+    @contextlib.asynccontextmanager
+    async def _environment(
+        self, requirements: Requirements | None, code_dir: Path, progress: Progress
+    ) -> AsyncIterator[str]:
+        """The environment key for ``requirements`` ("" without any), kept while the block runs."""
+        if requirements is None:
+            yield ""
+            return
+        try:
+            async with self.builder.environment(requirements, code_dir, progress) as key:
+                yield key
+        except EnvironmentBuildError as exc:
+            raise DeployError(str(exc)) from None
+
+    async def _deploy_revisions(
+        self, code_dir: Path, code_digest: str, module: str, handler: str | None, name: str | None,
+        style: Style, declared_spec: dict[str, Any], environment: str, options: DeployOptions,
+    ) -> list[Deployed]:  # fmt: skip
+        found = await self._inspect(code_dir, module, handler, environment)
         if name and len(found) > 1:
             raise DeployError(f"--name given but {module}.py declares {len(found)} functions")
         async with self._lock:
@@ -134,8 +190,9 @@ class Deployer:
                 # Function-level settings (who may call it) are not part of the revision: changing
                 # them updates the function, never makes a new revision or a cold start.
                 draft = _draft(
-                    spec.revision_fields(), code_digest, module, item["attribute"], item["is_class"], style
-                )
+                    spec.revision_fields(), code_digest, module, item["attribute"], item["is_class"], style,
+                    environment,
+                )  # fmt: skip
                 if options.no_traffic:
                     await self._check_serving(draft.function)
                 revision, created = await asyncio.to_thread(
@@ -152,13 +209,24 @@ class Deployer:
                 f"--no-traffic keeps {function!r}'s traffic as it is, but it has none yet: deploy it once without it"
             )
 
-    async def _inspect(self, code_dir: Path, module: str, handler: str | None) -> list[dict[str, Any]]:
-        command = [self.python, "-m", "tidal.runtime.inspect_module", str(code_dir), module]
+    async def _inspect(
+        self, code_dir: Path, module: str, handler: str | None, environment: str
+    ) -> list[dict[str, Any]]:
+        interpreter = await asyncio.to_thread(self.environments.interpreter, environment)
+        command = [interpreter.python, "-m", "tidal.runtime.inspect_module", str(code_dir), module]
         if handler:
             command.append(handler)
+        # Like an instance: none of the gateway's environment, and in the sandbox where there is one.
+        own = dict(interpreter.env)
+        if self.isolation is not None:
+            sandbox = self.isolation.plan(INSPECTION_USER, str(code_dir), interpreter.paths)
+            if sandbox is not None:
+                await asyncio.to_thread(self.isolation.prepare_code, str(code_dir))
+                own["TIDAL_SANDBOX"] = msgspec.json.encode(sandbox).decode()
         process = await asyncio.create_subprocess_exec(
-            *command, cwd=code_dir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+            *command, cwd=code_dir, env=instance_env({}, own), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), INSPECT_TIMEOUT_S)
         except TimeoutError:
@@ -229,13 +297,14 @@ def _module_and_handler(entry: str, handler: str | None, names: list[str]) -> tu
 
 
 def _draft(
-    spec: dict[str, Any], code_digest: str, module: str, attribute: str, is_class: bool, style: Style
-) -> Revision:
+    spec: dict[str, Any], code_digest: str, module: str, attribute: str, is_class: bool, style: Style,
+    environment: str,
+) -> Revision:  # fmt: skip
     return Revision(
         id="",
         function=spec["name"],
         number=0,
-        digest=revision_digest(code_digest, module, attribute, is_class, style.value, spec),
+        digest=revision_digest(code_digest, module, attribute, is_class, style.value, spec, environment),
         code_digest=code_digest,
         module=module,
         attribute=attribute,
@@ -243,4 +312,5 @@ def _draft(
         style=style.value,
         spec=spec,
         created_at=time.time(),
+        environment=environment,
     )

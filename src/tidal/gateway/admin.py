@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from tidal.deploy.service import DeployError, DeployOptions
+from tidal.deploy.service import Deployed, DeployError, DeployOptions
 from tidal.gateway.platform import Platform
 from tidal.router.router import Route
 from tidal.store.models import Activation, Revision
@@ -78,7 +80,8 @@ async def describe_function(
     """
     primary = route.primary
     pool = primary.pool.describe()
-    spec = {**primary.spec.model_dump(mode="json"), "public": route.public}
+    spec = {**primary.spec.model_dump(mode="json"), "public": route.public,
+            "sticky_key": platform.sticky_fields.get(route.function)}  # fmt: skip
     body: dict[str, Any] = {
         "name": route.function,
         "url": f"/fn/{route.function}",
@@ -99,6 +102,7 @@ async def describe_function(
         "instances": {key: pool[key] for key in INSTANCE_COUNTS},
         # The primary revision's warm template (pid, rss_mb, pss_mb, idle_s, built_at ...), or None.
         "template": platform.backend.template_of(primary.pool.launch),
+        "shadow": _shadow_of(route),  # the candidate copies go to (tidal shadow), or None
     }
     body["instances"]["list"] = pool["instances"]
     if revisions is not None:
@@ -107,7 +111,23 @@ async def describe_function(
         await platform.recorder.flush()  # 429s are counted per minute and written in batches
         since = time.time() - REJECTIONS_SHOWN_S
         body["rejections"] = await asyncio.to_thread(platform.store.rejections, route.function, since)
+        rollout = await asyncio.to_thread(platform.store.rollout, route.function)
+        running = rollout is not None and rollout.state == "running"
+        # The running canary rollout in short (`tidal rollout status NAME` has the numbers).
+        body["rollout"] = _plain(rollout) if running else None
     return body
+
+
+def _shadow_of(route: Route) -> dict[str, Any] | None:
+    if route.shadow is None:
+        return None
+    pool = route.shadow.target.pool.describe()
+    return {
+        "revision": route.shadow.target.revision.id,
+        "percent": route.shadow.percent,
+        "compare": str(route.shadow.comparator),
+        **{key: pool[key] for key in ("ready", "starting", "in_flight", "queued")},
+    }
 
 
 @router.get("/functions", summary="List functions")
@@ -123,7 +143,14 @@ async def get_function(name: str, platform: Admin) -> dict[str, Any]:
     return await describe_function(platform, route, revisions)
 
 
-@router.post("/functions", status_code=201, summary="Deploy a code bundle (zip) as new revisions")
+@router.post(
+    "/functions",
+    status_code=201,
+    summary="Deploy a code bundle (zip) as new revisions",
+    description="With `Accept: application/x-ndjson` the answer is a stream of JSON lines: "
+    '`{"event": "progress", "line"}` while requirements install, then one `{"event": "done", '
+    '"status": 201, "deployed"}` or `{"event": "error", "status": 400, "error"}`.',
+)
 async def deploy(
     request: Request,
     platform: Admin,
@@ -136,7 +163,7 @@ async def deploy(
     no_traffic: Annotated[
         bool, Query(description="make the revision without sending it traffic (the function's traffic stays)")
     ] = False,
-) -> dict[str, Any]:
+) -> Any:
     limit = platform.config.max_deploy_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -151,10 +178,17 @@ async def deploy(
     if not isinstance(parsed, dict):
         raise ApiError(400, "BadRequest", "overrides must be a JSON object of spec fields")
     options = DeployOptions(source, name, entry, handler, style, parsed, no_traffic)
+    bundle = b"".join(chunks)
+    if "application/x-ndjson" in request.headers.get("accept", ""):
+        return StreamingResponse(_deploy_events(platform, bundle, options), media_type="application/x-ndjson")
     try:
-        deployed = await platform.deployer.deploy(b"".join(chunks), options)
+        deployed = await platform.deployer.deploy(bundle, options)
     except DeployError as exc:
         raise ApiError(400, "DeployError", str(exc)) from None
+    return _deployed(deployed)
+
+
+def _deployed(deployed: list[Deployed]) -> dict[str, Any]:
     return {
         "deployed": [
             {
@@ -162,10 +196,40 @@ async def deploy(
                 "revision": item.revision.id,
                 "created": item.created,
                 "url": f"/fn/{item.revision.function}",
+                "environment": item.revision.environment,
             }
             for item in deployed
         ]
     }
+
+
+async def _deploy_events(platform: Platform, bundle: bytes, options: DeployOptions) -> AsyncIterator[bytes]:
+    """The deploy's progress lines as they come, then its outcome, one JSON document a line.
+
+    The deploy runs on its own: a client that hangs up does not stop it half-way.
+    """
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    work = platform.run_chore(platform.deployer.deploy(bundle, options, lines.put_nowait))
+    while not work.done() or not lines.empty():
+        waiter = asyncio.ensure_future(lines.get())
+        await asyncio.wait({waiter, work}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            yield _event({"event": "progress", "line": waiter.result()})
+        else:
+            waiter.cancel()
+    error = work.exception()
+    if isinstance(error, DeployError):
+        yield _event(
+            {"event": "error", "status": 400, "error": {"type": "DeployError", "message": str(error)}}
+        )
+    elif error is not None:
+        yield _event({"event": "error", "status": 500, "error": {"type": "Internal", "message": "the deploy failed inside the gateway; see its log"}})  # fmt: skip
+    else:
+        yield _event({"event": "done", "status": 201, **_deployed(work.result())})
+
+
+def _event(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode() + b"\n"
 
 
 @router.delete("/functions/{name}", summary="Remove a function, its revisions and instances")

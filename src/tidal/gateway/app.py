@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
-from tidal.gateway import admin, traffic_api
+from tidal.gateway import admin, rollout_api, shadow_api, traffic_api
 from tidal.gateway.asgi import Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
@@ -47,6 +47,8 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.state.platform = platform
     app.include_router(admin.router)
     app.include_router(traffic_api.router)
+    app.include_router(shadow_api.router)
+    app.include_router(rollout_api.router)
 
     @app.exception_handler(admin.ApiError)
     async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:
@@ -122,7 +124,9 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.platform = Platform(config)
-        self.invoke = HttpInvoke(self.platform.invoker, self.platform.keys, config.max_body_bytes)
+        self.invoke = HttpInvoke(
+            self.platform.invoker, self.platform.keys, config.max_body_bytes, self.platform.sticky_fields.get
+        )
         self.admin = build_admin_app(self.platform)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

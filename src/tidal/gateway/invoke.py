@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -31,6 +32,7 @@ from tidal.gateway.asgi import (
 from tidal.invoke.core import Invoker
 from tidal.invoke.outcome import Outcome, OutcomeKind, Stream
 from tidal.invoke.request import InvocationRequest, RequestContext, Trigger
+from tidal.runtime.codec import is_raw
 
 log = logging.getLogger("tidal.gateway")
 
@@ -46,11 +48,40 @@ EXTRA_HEADERS: dict[OutcomeKind, Headers] = {
 CLOSE: Headers = [(b"connection", b"close")]
 
 
+def no_sticky_field(function: str) -> str | None:
+    return None
+
+
+def json_sticky_key(body: bytes, field: str) -> str | None:
+    """The sticky key in a JSON body's top-level ``field``: a string as it is, a number as JSON
+    writes it (``{"user_id": 42}`` -> ``"42"``). None when the body is not a JSON object or the
+    field is missing, null, true/false, a list or an object: the request then gets a weighted
+    random draw, as one without a key does.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    value = document.get(field) if isinstance(document, dict) else None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return msgspec.json.encode(value).decode()
+    return None
+
+
 class HttpInvoke:
-    def __init__(self, invoker: Invoker, keys: KeyRing, max_body: int) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        keys: KeyRing,
+        max_body: int,
+        sticky_field: Callable[[str], str | None] = no_sticky_field,
+    ) -> None:
         self.invoker = invoker
         self.keys = keys
         self.max_body = max_body
+        self.sticky_field = sticky_field  # function -> its spec's `sticky_key` (a JSON field), or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -92,6 +123,16 @@ class HttpInvoke:
             query=scope.get("query_string", b"").decode("latin-1"),
         )
         content_type = headers.get("content-type", "application/json")
+        if (
+            context.sticky_key is None
+            and context.revision is None
+            and route is not None
+            and len(route.targets) > 1
+        ):
+            # Only a split needs a key: the single-revision hot path never parses the body here.
+            field = self.sticky_field(name)
+            if field is not None and body and not is_raw(content_type):
+                context.sticky_key = json_sticky_key(body, field)
         request = InvocationRequest(
             name, body, content_type, caller, Trigger.HTTP, context, None, received_at
         )

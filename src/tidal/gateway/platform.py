@@ -8,8 +8,10 @@ import asyncio
 import fcntl
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tidal.auth.keys import KeyRing
 from tidal.autoscale.loop import Autoscaler
@@ -19,19 +21,25 @@ from tidal.backends.logsink import default_sink
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S
 from tidal.deploy.bundle import bundle_path
 from tidal.deploy.service import Deployer, DeployOptions
+from tidal.environments.builder import EnvironmentBuilder
 from tidal.gateway.state_dir import prepare_state_dir
 from tidal.gateway.supervisor import Supervisor
 from tidal.invoke.core import Invoker
 from tidal.metering.recorder import ActivationRecorder
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION_S, Retention, RetentionPolicy
+from tidal.rollout.controller import RolloutController
 from tidal.router.pool import ScalingEvent
-from tidal.router.router import Route, Router, ServingTarget
+from tidal.router.router import Route, Router, ServingTarget, ShadowServing
+from tidal.shadow.compare import parse_comparator
+from tidal.shadow.mirror import Mirror
+from tidal.shadow.recorder import ShadowRecorder
 from tidal.store.protocols import Store
 from tidal.store.sqlite import SQLiteStore
 
 log = logging.getLogger("tidal.gateway")
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,9 +98,16 @@ class Platform:
         self.router = Router(self.backend, on_demand=self.autoscaler.poke)
         self.recorder = ActivationRecorder(self.store)
         self.invoker = Invoker(self.router, self.recorder.record, self.recorder.reject)
-        self.deployer = Deployer(self.store, state_dir / "code", self.publish)
+        self.shadow_recorder = ShadowRecorder(self.store)
+        self.invoker.mirror = self.mirror = Mirror(self.invoker, self.shadow_recorder)
+        self.environments = EnvironmentBuilder(state_dir / "envs", state_dir / "cache" / "uv")
+        self.deployer = Deployer(
+            self.store, state_dir / "code", self.publish, self.backend.environments, self.environments,
+            self.backend.isolation,
+        )  # fmt: skip
         self.supervisor = Supervisor()
         self.supervisor.add("activation-writer", self.recorder.run)
+        self.supervisor.add("shadow-writer", self.shadow_recorder.run)
         self.supervisor.add("autoscaler", self.autoscaler.run)
         self.supervisor.add("template-reaper", self.backend.reap_templates_forever)
         self.supervisor.add("memory-watchdog", self.backend.watchdog.run)
@@ -100,8 +115,14 @@ class Platform:
         log_dirs = (state_dir / "logs" / "instances", state_dir / "logs" / "templates")
         self.retention = Retention(self.store, policy, log_dirs, default_sink().open_paths)
         self.supervisor.add("retention", self.retention.run)
+        # Canary rollouts: judged on the store's activations, applied through publish (tidal.rollout).
+        self.rollouts = RolloutController(self.store, self.publish, self.recorder.flush)
+        self.supervisor.add("rollouts", self.rollouts.run)
+        # Function -> the JSON field whose value is its sticky key (spec `sticky_key`), read by the
+        # HTTP adapter only when a split has to be drawn.
+        self.sticky_fields: dict[str, str] = {}
         self._event_writes: set[asyncio.Task[None]] = set()
-        self._chores: set[asyncio.Task[object]] = set()  # background work of admin calls (code removal)
+        self._chores: set[asyncio.Task[Any]] = set()  # background work of admin calls (code removal)
 
     async def start(self) -> None:
         """Start the loops, serve every function as the store says, then deploy the --deploy paths."""
@@ -141,25 +162,61 @@ class Platform:
         if not serving:
             self.router.remove(function)
             return None
-        return self.router.serve(function, bool(record.settings.get("public", False)), serving)
+        sticky_field = record.settings.get("sticky_key")
+        if isinstance(sticky_field, str) and sticky_field:
+            self.sticky_fields[function] = sticky_field
+        else:
+            self.sticky_fields.pop(function, None)
+        shadow = await self._shadow_serving(function)
+        return self.router.serve(function, bool(record.settings.get("public", False)), serving, shadow)
+
+    async def _shadow_serving(self, function: str) -> ShadowServing | None:
+        """The function's stored shadow, resolved for the router; None if it has none (or it cannot run)."""
+        config = await asyncio.to_thread(self.store.shadow, function)
+        if config is None:
+            return None
+        revision = await asyncio.to_thread(self.store.revision, config.revision)
+        if revision is None or not (code_dir := self.deployer.code_dir(revision)).exists():
+            log.error(
+                "shadow of %s names %s, whose code is not stored; not copying", function, config.revision
+            )
+            return None
+        try:
+            comparator = parse_comparator(config.compare)
+        except ValueError as exc:  # validated when set: only a hand-edited database gets here
+            log.error("shadow of %s: %s; not copying", function, exc)
+            return None
+        return ShadowServing(revision, str(code_dir), config.percent, comparator, config.max_in_flight)
 
     def remove_unused_code_later(self) -> None:
         """In the background: once every retired pool drained, delete the code dirs nothing uses."""
-        task = asyncio.get_running_loop().create_task(self.remove_unused_code())
+        self.run_chore(self.remove_unused_code())
+
+    def run_chore(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` in the background, kept until done (and waited for by ``stop``)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+        return task
 
     async def remove_unused_code(self) -> list[str]:
-        """Delete the code dirs no stored revision and no serving pool uses; their digests."""
+        """Delete the code dirs and environments no stored revision and no serving pool uses;
+        the code digests removed.
+        """
         await self.router.drained()  # a draining instance may still import from its code dir
-        in_use = {Path(pool.launch.code_dir).name for pool in self.router.pools()}
+        pools = self.router.pools()
+        in_use = {Path(pool.launch.code_dir).name for pool in pools}
+        environments = {pool.launch.revision.environment for pool in pools} - {""}
         try:
             removed = await self.deployer.remove_unused_code(in_use)
+            gone = await self.deployer.remove_unused_environments(environments)
         except Exception:
             log.exception("removing unused code dirs failed; the next removal or start retries")
             return []
         if removed:
             log.info("removed %d unused code dir(s): %s", len(removed), ", ".join(d[:12] for d in removed))
+        if gone:
+            log.info("removed %d unused environment(s): %s", len(gone), ", ".join(k[:12] for k in gone))
         return removed
 
     def _record_event(self, event: ScalingEvent) -> None:
@@ -175,9 +232,12 @@ class Platform:
         """Stop in order: no new scaling, drain the instances, then write the last activations."""
         await self.supervisor.stop()
         await self.router.close()
+        await self.mirror.close()  # copies end with their drained pools: their records are written next
         await self.backend.close()
         await asyncio.gather(*self._chores, return_exceptions=True)
+        await self.environments.close()
         await self.recorder.flush()
+        await self.shadow_recorder.flush()
         await asyncio.gather(*self._event_writes, return_exceptions=True)
         self.store.close()
         os.close(self._state_lock)

@@ -3,6 +3,8 @@
     STATE_DIR/           0711  instances (other uids) may pass through to their own code dir
       tidal.db, tidal.db-wal, tidal.db-shm, admin.key, gateway.lock    0600
       code/              0711  passable, not listable; each code/<digest> is the backend's to open
+      envs/, runtime/    0711  the same for environments (a bundle's requirements) and their runtime
+      cache/             0700  uv's package cache, where UV_CACHE_DIR does not say otherwise
       logs/              0700  and logs/instances, logs/templates 0700, their files 0600
 
 ``prepare_state_dir`` runs at every start, before anything in the dir is opened: it creates what
@@ -28,13 +30,16 @@ PRIVATE_FILE_MODE = 0o600
 DATABASE = "tidal.db"
 PRIVATE_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", "admin.key", "gateway.lock")
 LOG_DIRS = ("logs", "logs/instances", "logs/templates")
+PASSABLE_DIRS = ("code", "envs", "runtime")
 
 
 def prepare_state_dir(state_dir: Path) -> None:
     """Create ``state_dir`` (and its code and log folders) or fix its modes, as the table above says."""
     state_dir.mkdir(parents=True, exist_ok=True)
     _set_mode(state_dir, STATE_DIR_MODE)
-    _make_dir(state_dir / "code", CODE_DIR_MODE)
+    for name in PASSABLE_DIRS:
+        _make_dir(state_dir / name, CODE_DIR_MODE)
+    _make_dir(state_dir / "cache", PRIVATE_DIR_MODE)
     for name in LOG_DIRS:
         _make_dir(state_dir / name, PRIVATE_DIR_MODE)
         for path in (state_dir / name).iterdir():

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from tidal.gateway.admin import Admin, ApiError
 from tidal.gateway.platform import Platform
+from tidal.rollout.controller import TRAFFIC_BY_HAND
 from tidal.store.models import TrafficTarget
 
 router = APIRouter(prefix="/v1")
@@ -50,12 +51,19 @@ async def get_traffic(name: str, platform: Admin) -> dict[str, Any]:
 @router.put("/functions/{name}/traffic", summary="Split a function's requests over its revisions")
 async def set_traffic(name: str, body: TrafficRequest, platform: Admin) -> dict[str, Any]:
     targets = [TrafficTarget(share.revision, share.percent, share.tag) for share in body.targets]
-    try:
-        await asyncio.to_thread(platform.store.set_traffic, name, targets)
-    except KeyError:
-        raise ApiError(404, "NotFound", f"no function named {name!r}") from None
-    except ValueError as exc:
-        raise ApiError(400, "BadTraffic", str(exc)) from None
+    # A split set by hand wins over a running canary rollout: the rollout ends (aborted) and this
+    # traffic stays. Under the rollouts' lock, so the rollout loop cannot move a step in between.
+    async with platform.rollouts.lock:
+        try:
+            await asyncio.to_thread(platform.store.set_traffic, name, targets)
+        except KeyError:
+            raise ApiError(404, "NotFound", f"no function named {name!r}") from None
+        except ValueError as exc:
+            raise ApiError(400, "BadTraffic", str(exc)) from None
+        aborted = await platform.rollouts.stop_kept_traffic(name, TRAFFIC_BY_HAND)
     if await platform.publish(name) is None:
         raise ApiError(409, "NotServable", f"none of {name!r}'s revisions in this traffic can be served")
-    return await _traffic(platform, name)
+    answer = await _traffic(platform, name)
+    if aborted is not None:
+        answer["rollout_aborted"] = f"the rollout to {aborted.canary} was aborted: {TRAFFIC_BY_HAND}"
+    return answer

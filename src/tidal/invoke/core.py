@@ -6,6 +6,9 @@ error mapping and metering. Nothing here knows about HTTP. Every exit returns an
 raises to the caller), and every request that reached a revision leaves exactly one activation
 record, written off the hot path by ``record``; except a 429 (the queue was full), which is only
 counted (``reject``): an overload must not become a table of refusals.
+
+``invoke_target`` runs a request on a target chosen by the caller: the shadow mirror
+(tidal.shadow.mirror) sends its copies through it, after ``invoke`` knows the primary's outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -31,6 +35,9 @@ from tidal.runtime.codec import is_raw
 from tidal.runtime.protocol import CallStats, Chunk, End, Error, Invoke, Message, Result
 from tidal.spec import Style
 from tidal.store.models import Activation
+
+if TYPE_CHECKING:
+    from tidal.shadow.mirror import Mirror
 
 log = logging.getLogger("tidal.invoke")
 
@@ -95,10 +102,12 @@ class Invoker:
         router: Router,
         record: Callable[[Activation], None],
         reject: Callable[[str, float], None] = _ignore_rejection,
+        mirror: Mirror | None = None,
     ) -> None:
         self.router = router
         self.record = record
         self.reject = reject  # (function, epoch s): a 429, counted instead of recorded
+        self.mirror = mirror  # copies calls of functions with a shadow to the candidate
         self.activation_ids = ActivationIds()
 
     def check(self, function: str, caller: Caller) -> Outcome | None:
@@ -117,6 +126,22 @@ class Invoker:
                 OutcomeKind.NOT_FOUND,
                 f"{request.function!r} has no revision or tag {request.context.revision!r}",
             )
+        outcome = await self.invoke_target(request, target)
+        if outcome.kind is OutcomeKind.QUEUE_FULL:
+            self.reject(request.function, request.received_at)
+        elif route.shadow is not None and self.mirror is not None:
+            # The copy starts in the background, now that the client's answer is known.
+            self.mirror.offer(route.shadow, request, target, outcome)
+        return outcome
+
+    async def invoke_target(
+        self, request: InvocationRequest, target: Target, reroute: bool = True
+    ) -> Outcome:
+        """Run ``request`` on ``target`` (routing and refusals are the caller's): deadline, error
+        mapping and the activation record as for any call. ``reroute``: a request whose revision
+        retired while it waited goes to the function's traffic; without it, it fails (a shadow copy
+        must never reach the primary). A 429 leaves no record and is not counted here.
+        """
         malformed = _malformed(request, target)
         if malformed is not None:
             return malformed
@@ -126,12 +151,11 @@ class Invoker:
         )
         deadline = request.received_at + timeout
         try:
-            outcome = await self._run(request, target, activation, deadline)
+            outcome = await self._run(request, target, activation, deadline, reroute)
         except Exception:  # a bug of ours still gives the caller an outcome and leaves a record
             log.exception("invocation %s failed inside the gateway", activation.id)
             outcome = Outcome.error(OutcomeKind.INTERNAL, "the gateway failed; see its log")
         if outcome.kind is OutcomeKind.QUEUE_FULL:  # no activation id: nothing is recorded under it
-            self.reject(request.function, request.received_at)
             return outcome
         outcome.activation, outcome.revision, outcome.cold = (
             activation.id,
@@ -160,9 +184,10 @@ class Invoker:
         )
 
     async def _run(
-        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float
-    ) -> Outcome:
-        acquired = await self._acquire(request, target, activation, deadline)
+        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float,
+        reroute: bool = True,
+    ) -> Outcome:  # fmt: skip
+        acquired = await self._acquire(request, target, activation, deadline, reroute)
         if isinstance(acquired, Outcome):
             return acquired
         pool, client = acquired
@@ -209,8 +234,9 @@ class Invoker:
         )
 
     async def _acquire(
-        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float
-    ) -> tuple[RevisionPool, InstanceClient] | Outcome:
+        self, request: InvocationRequest, target: Target, activation: Activation, deadline: float,
+        reroute: bool = True,
+    ) -> tuple[RevisionPool, InstanceClient] | Outcome:  # fmt: skip
         """An instance for this request (waiting through a cold start), or the outcome that ends it."""
         for _ in range(REROUTES):
             pool = target.pool
@@ -218,6 +244,10 @@ class Invoker:
                 client, waited_ms = await pool.acquire(max(0.0, deadline - time.time()), request.context)
                 break
             except RevisionRetired:
+                if not reroute:
+                    return Outcome.error(
+                        OutcomeKind.UNAVAILABLE, f"revision {pool.revision.id} stopped serving"
+                    )
                 route = self.router.route(request.function)
                 successor = self.router.pick(route, request.context) if route is not None else None
                 if successor is None:

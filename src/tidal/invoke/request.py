@@ -21,6 +21,7 @@ class Trigger(StrEnum):
     CRON = "cron"
     BUCKET = "bucket"
     QUEUE = "queue"
+    SHADOW = "shadow"  # a copy of a client's call sent to a shadow candidate (tidal shadow)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 1 us more to build, per request

@@ -4,6 +4,8 @@ Which revisions serve is stored state (the store's ``traffic``), handed to ``Rou
 router keeps one pool per serving revision, so each revision scales on its own, and retires a
 pool (drains it, then releases what the backend warmed for it) once no route holds it.
 Choosing a revision for a request is the pure ``choose_target``; the draw is injected.
+A route may also hold a shadow (``tidal shadow``): a candidate revision with a pool of its own that
+gets copies of calls (tidal.shadow.mirror); it autoscales like any other, and retires the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from tidal.backends.base import Backend, InstanceSpec
 from tidal.invoke.request import RequestContext
 from tidal.router.pool import RevisionPool
+from tidal.shadow.compare import Comparator
 from tidal.spec import FunctionSpec, Style, validate_spec
 from tidal.store.models import Revision
 
@@ -47,12 +50,41 @@ class ServingTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowTarget:
+    """A candidate revision that gets a copy of ``percent`` % of the function's calls; its answers
+    are compared with the primary's by ``comparator`` and never reach the client."""
+
+    target: Target  # the candidate, with its own pool
+    percent: int
+    comparator: Comparator
+    max_in_flight: int  # copies running at once at most; one more is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowServing:
+    """What ``Router.serve`` is told about a function's shadow: stored state, resolved."""
+
+    revision: Revision
+    code_dir: str
+    percent: int
+    comparator: Comparator
+    max_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What the hot path needs about a function, resolved once when its traffic changes."""
 
     function: str
     public: bool
     targets: tuple[Target, ...]
+    shadow: ShadowTarget | None = None  # None on the hot path costs one attribute check
+
+    @property
+    def pools(self) -> list[RevisionPool]:
+        """Every pool the route holds: its targets' and its shadow's."""
+        pools = [target.pool for target in self.targets]
+        return pools if self.shadow is None else [*pools, self.shadow.target.pool]
 
     @property
     def any_method(self) -> bool:
@@ -68,7 +100,7 @@ class Route:
 def sticky_draw(key: str) -> float:
     """A stable number in [0, 1) for a sticky key: the same key always draws the same number.
 
-    Targets hold consecutive slices of [0, 1) in a fixed order, so moving 10% from one revision to
+    Targets hold consecutive slices of [0, 1) in revision order, so moving 10% from one revision to
     another moves only the keys inside the slice that changed hands.
     """
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
@@ -125,29 +157,44 @@ class Router:
             return route.targets[0]  # the common case: no split, nothing to draw
         return choose_target(route.targets, context, self.draw())
 
-    def serve(self, function: str, public: bool, serving: Sequence[ServingTarget]) -> Route:
-        """Make ``serving`` the function's traffic; revisions it no longer holds drain in the background."""
+    def serve(
+        self,
+        function: str,
+        public: bool,
+        serving: Sequence[ServingTarget],
+        shadow: ShadowServing | None = None,
+    ) -> Route:
+        """Make ``serving`` the function's traffic and ``shadow`` its shadow; revisions it no longer
+        holds (a stopped or changed shadow's candidate too) drain in the background."""
         if not serving:
             raise ValueError(f"{function!r} needs at least one revision to serve")
+        # In revision order, whatever the shares: each revision's slice of [0, 1) stays where it
+        # is when shares change (even when the larger becomes the smaller), so a sticky key moves
+        # only if its point changed hands.
         targets = tuple(
             Target(item.revision, pool.spec, pool, item.percent, item.tag)
-            for item in serving
+            for item in sorted(serving, key=lambda item: item.revision.number)
             for pool in [self._pool(item)]
         )
-        route = Route(function, public, targets)
+        shadow_target = None
+        if shadow is not None:
+            pool = self._pool(ServingTarget(shadow.revision, shadow.code_dir, 0))
+            candidate = Target(shadow.revision, pool.spec, pool, 0)
+            shadow_target = ShadowTarget(candidate, shadow.percent, shadow.comparator, shadow.max_in_flight)
+        route = Route(function, public, targets, shadow_target)
         previous = self.routes.get(function)
         self.routes[function] = route
         if previous is not None:
-            kept = {target.revision.id for target in targets}
-            for target in previous.targets:
-                if target.revision.id not in kept:
-                    self._retire(target.pool)
+            kept = {pool.revision.id for pool in route.pools}
+            for pool in previous.pools:
+                if pool.revision.id not in kept:
+                    self._retire(pool)
         return route
 
     def set_public(self, function: str, public: bool) -> None:
         route = self.routes.get(function)
         if route is not None and route.public != public:
-            self.routes[function] = Route(function, public, route.targets)
+            self.routes[function] = Route(function, public, route.targets, route.shadow)
 
     def _pool(self, item: ServingTarget) -> RevisionPool:
         pool = self._pools.get(item.revision.id)
@@ -163,8 +210,8 @@ class Router:
     def remove(self, function: str) -> bool:
         route = self.routes.pop(function, None)
         if route is not None:
-            for target in route.targets:
-                self._retire(target.pool)
+            for pool in route.pools:
+                self._retire(pool)
         return route is not None
 
     def _retire(self, pool: RevisionPool) -> None:

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tidal.runtime import sandbox
 from tidal.runtime.loader import declared_functions, import_entry
 
 
@@ -45,7 +46,12 @@ def main() -> None:
     handler = sys.argv[3] if len(sys.argv) > 3 else None
     # User code may print while importing; keep stdout for the one JSON answer.
     real_stdout, sys.stdout = sys.stdout, sys.stderr
-    result = describe(code_dir, module_name, handler)
+    try:
+        sandbox.enter_from_env()  # the same view and user as the function's instances will have
+    except sandbox.SandboxError as exc:
+        result: dict[str, Any] = {"ok": False, "error": f"the inspection could not enter its sandbox: {exc}"}
+    else:
+        result = describe(code_dir, module_name, handler)
     real_stdout.write(json.dumps(result, default=str))
     real_stdout.flush()
 

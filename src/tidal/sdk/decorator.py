@@ -37,6 +37,7 @@ SPEC_FIELDS: tuple[str, ...] = (
     "max_instances",
     "env",
     "public",
+    "sticky_key",
     "target_concurrency",
     "stable_window",
     "panic_window",

@@ -182,10 +182,101 @@ def _retention_and_rejections(connection: sqlite3.Connection) -> None:
     _execute_all(connection, SCHEMA_3)
 
 
+# -- 4: the environment a revision runs in (its bundle's requirements, installed; "" = tidal's own) --
+
+
+def _revision_environment(connection: sqlite3.Connection) -> None:
+    connection.execute("ALTER TABLE revisions ADD COLUMN environment TEXT NOT NULL DEFAULT ''")
+
+
+# -- 5: canary rollouts (tidal.rollout): at most one running per function, and their decisions ------
+
+SCHEMA_5 = """
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    canary TEXT NOT NULL,
+    stable TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    interval_s REAL NOT NULL,
+    max_error_rate REAL NOT NULL,
+    max_p99_ms REAL,
+    min_requests INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    step_started_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE UNIQUE INDEX rollouts_one_running ON rollouts (function) WHERE state = 'running';
+CREATE TABLE rollout_decisions (
+    rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    step INTEGER NOT NULL,
+    percent INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    canary TEXT NOT NULL,
+    stable TEXT NOT NULL
+);
+CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout, at);
+"""
+
+
+def _rollouts(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_5)
+
+
+# -- 6: shadow traffic (tidal.shadow): one candidate per function, compared copies, skip counts -----
+
+SCHEMA_6 = """
+CREATE TABLE shadows (
+    function TEXT PRIMARY KEY REFERENCES functions(name) ON DELETE CASCADE,
+    revision TEXT NOT NULL REFERENCES revisions(id) ON DELETE CASCADE,
+    percent INTEGER NOT NULL,
+    compare TEXT NOT NULL,
+    max_in_flight INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE shadow_results (
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    primary_revision TEXT NOT NULL,
+    activation TEXT NOT NULL,
+    candidate_activation TEXT NOT NULL,
+    at REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    score REAL,
+    primary_ms REAL NOT NULL,
+    candidate_ms REAL NOT NULL
+);
+CREATE INDEX shadow_results_by_function ON shadow_results (function, at);
+CREATE INDEX shadow_results_by_time ON shadow_results (at);
+CREATE TABLE shadow_skips (
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (function, revision, minute, reason)
+);
+CREATE INDEX shadow_skips_by_minute ON shadow_skips (minute);
+"""
+
+
+def _shadows(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_6)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
     Migration(3, "time indexes for retention; rejection counts per minute", _retention_and_rejections),
+    Migration(4, "the environment each revision runs in", _revision_environment),
+    Migration(5, "canary rollouts and their decisions", _rollouts),
+    Migration(6, "shadow traffic: candidates, compared copies, skip counts", _shadows),
 )
 
 

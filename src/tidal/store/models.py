@@ -28,6 +28,9 @@ class Revision(msgspec.Struct, frozen=True):
     # Revision-level spec fields only; function-level ones (``public``) live in FunctionRecord.settings.
     spec: dict[str, object]
     created_at: float
+    # The key of the environment its bundle's requirements were installed into ("" = tidal's own
+    # virtualenv: the bundle declares none). Derived from the code, so not part of ``digest``.
+    environment: str = ""
 
 
 class TrafficTarget(msgspec.Struct, frozen=True):
@@ -90,14 +93,19 @@ class Activation(msgspec.Struct):
 
 
 def revision_digest(
-    code_digest: str, module: str, attribute: str, is_class: bool, style: str, spec: dict[str, object]
-) -> str:
+    code_digest: str, module: str, attribute: str, is_class: bool, style: str, spec: dict[str, object],
+    environment: str = "",
+) -> str:  # fmt: skip
     """The identity of a deploy: equal digests mean an identical revision (a redeploy is "unchanged").
 
     ``spec`` holds revision-level fields only, so flipping a function-level setting such as
     ``public`` does not make a new revision. The deployer and migration 2 both call this.
+    ``environment`` counts only when set, so revisions stored before environments keep their digests.
     """
-    identity = json.dumps([code_digest, module, attribute, is_class, style, spec], sort_keys=True)
+    parts: list[object] = [code_digest, module, attribute, is_class, style, spec]
+    if environment:
+        parts.append(environment)
+    identity = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -128,3 +136,92 @@ def check_traffic(function: str, targets: list[TrafficTarget], revision_ids: Col
 def _repeated(names: Iterable[str]) -> list[str]:
     counts = Counter(names)
     return sorted(name for name, count in counts.items() if count > 1)
+
+
+# -- canary rollouts and per-revision windows (tidal.rollout) -------------------------------------------
+
+
+class RevisionWindow(msgspec.Struct, frozen=True):
+    """One revision's activations in a time window, as the store counts them; tidal.rollout.stats
+    turns this into error rates and percentiles."""
+
+    revision: str
+    statuses: dict[str, int]  # activation status -> count, e.g. {"ok": 97, "error": 3}
+    cold: int  # cold starts among them
+    warm_ms: list[float]  # duration_ms of the warm calls, ascending (a new revision always starts cold)
+
+
+ROLLOUT_STATES = ("running", "promoted", "rolled_back", "aborted")
+
+
+class Rollout(msgspec.Struct, frozen=True):
+    """A canary rollout of ``canary`` over ``stable``: at step ``step`` the canary gets
+    ``steps[step]`` percent. Fields are the rollouts table's columns, in this order."""
+
+    id: int  # 0 until stored
+    function: str
+    canary: str
+    stable: str
+    steps: list[int]  # e.g. [5, 25, 50, 100]: increasing, ending at 100
+    interval_s: float  # how long each step runs before it is judged
+    max_error_rate: float  # a fraction: 0.01 is 1%
+    max_p99_ms: float | None  # None: latency is not judged
+    min_requests: int  # canary calls a step needs before it is judged
+    step: int  # index into ``steps``
+    step_started_at: float  # epoch s: the judged window is [step_started_at, now)
+    state: str  # one of ROLLOUT_STATES
+    reason: str = ""
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def percent(self) -> int:
+        return self.steps[self.step]
+
+
+class RolloutDecision(msgspec.Struct, frozen=True):
+    """One entry of a rollout's history: what was decided, why, and the window's numbers."""
+
+    rollout: int
+    at: float
+    step: int
+    percent: int
+    verdict: str  # start | wait | next | promote | roll_back | abort
+    reason: str
+    canary: dict[str, object] = {}
+    stable: dict[str, object] = {}
+
+
+# -- shadow traffic (tidal.shadow) ----------------------------------------------------------------------
+
+
+class ShadowConfig(msgspec.Struct, frozen=True):
+    """Copies of ``percent`` % of a function's calls go to its revision ``revision``, whose answers
+    are compared with the primary's by ``compare``. Fields are the shadows table's columns."""
+
+    function: str
+    revision: str  # the candidate
+    percent: int  # 0..100
+    compare: str  # a comparator spec (tidal.shadow.compare): exact, abs<=T, rel<=T, cosine>=T
+    max_in_flight: int  # copies running at once at most; one more is dropped (and counted)
+    created_at: float
+
+
+class ShadowResult(msgspec.Struct, frozen=True):
+    """One copy that reached the candidate, and what came of it. Fields are the shadow_results
+    table's columns, in this order."""
+
+    function: str
+    revision: str  # the candidate's
+    primary_revision: str
+    activation: str  # the primary's (the client's call)
+    candidate_activation: str
+    at: float  # epoch s when the copy started
+    verdict: str  # "agree" | "disagree" | "error" (the candidate failed: no comparison)
+    detail: str  # a short diff, or the candidate's error
+    score: float | None  # the comparator's score (largest difference, smallest cosine)
+    primary_ms: float
+    candidate_ms: float
+
+
+SHADOW_SKIPS = ("dropped", "primary_failed", "streamed")  # sampled calls that were not compared

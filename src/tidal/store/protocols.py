@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from tidal.store.models import Activation, FunctionRecord, KeyRecord, Revision, TrafficTarget
+from tidal.store.models import (
+    Activation,
+    FunctionRecord,
+    KeyRecord,
+    Revision,
+    RevisionWindow,
+    Rollout,
+    RolloutDecision,
+    ShadowConfig,
+    ShadowResult,
+    TrafficTarget,
+)
 
 
 class FunctionStore(Protocol):
@@ -62,6 +73,10 @@ class FunctionStore(Protocol):
         """The code digest of every stored revision: a code dir outside this set serves nothing."""
         ...
 
+    def environments(self) -> set[str]:
+        """The environment key of every stored revision that has one (unused ones can go)."""
+        ...
+
 
 class KeyStore(Protocol):
     """API keys, by id and by the SHA-256 of the secret."""
@@ -107,6 +122,11 @@ class ActivationStore(Protocol):
         """Delete at most ``batch`` of the per-minute counts older than ``before``; how many went."""
         ...
 
+    def revision_windows(self, function: str, since: float, until: float) -> list[RevisionWindow]:
+        """Per revision, the function's activations that started in [since, until): counts by
+        status, cold starts, and the warm calls' durations ascending; by revision id."""
+        ...
+
 
 class ScalingEventStore(Protocol):
     """What the autoscaler decided, for `tidal status` and the dashboard."""
@@ -124,7 +144,80 @@ class ScalingEventStore(Protocol):
         ...
 
 
-class Store(FunctionStore, KeyStore, ActivationStore, ScalingEventStore, Protocol):
+class RolloutStore(Protocol):
+    """Canary rollouts (tidal.rollout): persisted, so a gateway restart resumes them."""
+
+    def start_rollout(
+        self, draft: Rollout, traffic: list[TrafficTarget], decision: RolloutDecision | None = None
+    ) -> Rollout:
+        """Store ``draft`` as running, make ``traffic`` the function's traffic and add ``decision``
+        (its first history entry), in one transaction; the stored rollout (with its id).
+        KeyError: no such function; ValueError: a rollout of it is already running, or
+        ``traffic`` is invalid."""
+        ...
+
+    def rollout(self, function: str) -> Rollout | None:
+        """The function's newest rollout, running or finished."""
+        ...
+
+    def running_rollouts(self) -> list[Rollout]: ...
+
+    def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        """The rollout's history, oldest first."""
+        ...
+
+    def save_rollout(
+        self,
+        rollout: Rollout,
+        decision: RolloutDecision | None = None,
+        traffic: list[TrafficTarget] | None = None,
+        expected: list[TrafficTarget] | None = None,
+    ) -> bool:
+        """In one transaction: update a running ``rollout`` (step, clock, state, reason), add
+        ``decision``, and set ``traffic`` if given. With ``expected``, nothing is written unless
+        the function's traffic is still exactly that (a change by hand wins). False if nothing
+        was written (the traffic differed, or the rollout no longer runs)."""
+        ...
+
+
+class ShadowStore(Protocol):
+    """Shadow traffic (tidal.shadow): a function's candidate, and what became of the copies."""
+
+    def set_shadow(self, config: ShadowConfig) -> None:
+        """Make ``config`` the function's shadow (replacing any); KeyError: no such function,
+        ValueError: the revision is not one of the function's."""
+        ...
+
+    def shadow(self, function: str) -> ShadowConfig | None: ...
+
+    def delete_shadow(self, function: str) -> bool:
+        """Stop the function's shadow; False if it had none. Its results stay (retention ages them)."""
+        ...
+
+    def add_shadow_results(
+        self, results: Iterable[ShadowResult], skips: Mapping[tuple[str, str, int, str], int]
+    ) -> None:
+        """Store results and add skip counts keyed by (function, revision, minute, reason), in one
+        transaction (a minute is epoch seconds, a multiple of 60)."""
+        ...
+
+    def shadow_results(
+        self, function: str, since: float, revision: str | None = None, limit: int = 100_000
+    ) -> list[ShadowResult]:
+        """The function's newest ``limit`` results from ``since`` on (of ``revision`` only, if given),
+        newest first."""
+        ...
+
+    def shadow_skips(self, function: str, since: float, revision: str | None = None) -> dict[str, int]:
+        """Skipped copies from ``since`` on, by reason (tidal.store.models.SHADOW_SKIPS)."""
+        ...
+
+    def delete_shadow_results(self, before: float, batch: int) -> int:
+        """Delete at most ``batch`` results and ``batch`` skip counts from before ``before``; how many went."""
+        ...
+
+
+class Store(FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, Protocol):
     """Everything the platform keeps."""
 
     def close(self) -> None: ...

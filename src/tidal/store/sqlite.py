@@ -25,6 +25,11 @@ from tidal.store.models import (
     FunctionRecord,
     KeyRecord,
     Revision,
+    RevisionWindow,
+    Rollout,
+    RolloutDecision,
+    ShadowConfig,
+    ShadowResult,
     TrafficTarget,
     check_traffic,
 )
@@ -38,6 +43,11 @@ SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 TRAFFIC_QUERY = "SELECT function, revision, percent, tag FROM traffic"
 TRAFFIC_ORDER = "function, percent DESC, revision"  # the main share first
 SMALLEST_ROWID = -(2**63)
+SHADOW_FIELDS = ShadowConfig.__struct_fields__
+SHADOW_COLUMNS = ", ".join(SHADOW_FIELDS)
+SHADOW_RESULT_COLUMNS = ", ".join(ShadowResult.__struct_fields__)
+ROLLOUT_COLUMNS = ", ".join(Rollout.__struct_fields__)
+DECISION_COLUMNS = ", ".join(RolloutDecision.__struct_fields__)
 
 
 class SQLiteStore:
@@ -174,6 +184,9 @@ class SQLiteStore:
     def code_digests(self) -> set[str]:
         return {row[0] for row in self._query("SELECT DISTINCT code_digest FROM revisions")}
 
+    def environments(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT DISTINCT environment FROM revisions") if row[0]}
+
     # -- keys -------------------------------------------------------------------------------------
 
     def add_key(self, key_id: str, key_hash: str, scopes: list[str], description: str = "") -> KeyRecord:
@@ -302,6 +315,185 @@ class SQLiteStore:
             )
             return cursor.rowcount
 
+    # -- per-revision windows and canary rollouts (tidal.rollout) ----------------------------------
+
+    def revision_windows(self, function: str, since: float, until: float) -> list[RevisionWindow]:
+        window = (function, since, until)
+        where = "WHERE function = ? AND start >= ? AND start < ?"  # the (function, start) index
+        with self._transaction(write=False) as db:
+            counts = db.execute(
+                f"SELECT revision, status, COUNT(*), SUM(cold) FROM activations {where} GROUP BY revision, status",
+                window,
+            ).fetchall()
+            warm = db.execute(
+                f"SELECT revision, duration_ms FROM activations {where} AND cold = 0 "
+                "ORDER BY revision, duration_ms",
+                window,
+            ).fetchall()
+        statuses: dict[str, dict[str, int]] = {}
+        cold: dict[str, int] = {}
+        for revision, status, count, colds in counts:
+            statuses.setdefault(revision, {})[status] = count
+            cold[revision] = cold.get(revision, 0) + int(colds or 0)
+        warm_ms: dict[str, list[float]] = {}
+        for revision, duration_ms in warm:
+            warm_ms.setdefault(revision, []).append(duration_ms)
+        return [
+            RevisionWindow(revision, statuses[revision], cold[revision], warm_ms.get(revision, []))
+            for revision in sorted(statuses)
+        ]
+
+    def start_rollout(
+        self, draft: Rollout, traffic: list[TrafficTarget], decision: RolloutDecision | None = None
+    ) -> Rollout:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM functions WHERE name = ?", (draft.function,)).fetchone() is None:
+                raise KeyError(draft.function)
+            running = "SELECT 1 FROM rollouts WHERE function = ? AND state = 'running'"
+            if db.execute(running, (draft.function,)).fetchone() is not None:
+                raise ValueError(f"a rollout of {draft.function!r} is already running")
+            revision_ids = {
+                row[0] for row in db.execute("SELECT id FROM revisions WHERE function = ?", (draft.function,))
+            }
+            check_traffic(draft.function, traffic, revision_ids)
+            _write_traffic(db, draft.function, traffic)
+            fields = Rollout.__struct_fields__[1:]  # all but the id SQLite assigns
+            cursor = db.execute(
+                f"INSERT INTO rollouts ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+                _rollout_row(draft)[1:],
+            )
+            assert cursor.lastrowid is not None
+            rollout = msgspec.structs.replace(draft, id=cursor.lastrowid)
+            if decision is not None:
+                _write_decision(db, msgspec.structs.replace(decision, rollout=rollout.id))
+        return rollout
+
+    def rollout(self, function: str) -> Rollout | None:
+        rows = self._query(
+            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE function = ? ORDER BY id DESC LIMIT 1", (function,)
+        )
+        return _rollout(rows[0]) if rows else None
+
+    def running_rollouts(self) -> list[Rollout]:
+        rows = self._query(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state = 'running' ORDER BY id")
+        return [_rollout(row) for row in rows]
+
+    def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
+        rows = self._query(
+            f"SELECT {DECISION_COLUMNS} FROM rollout_decisions WHERE rollout = ? ORDER BY at, rowid",
+            (rollout_id,),
+        )
+        return [_decision(row) for row in rows]
+
+    def save_rollout(
+        self,
+        rollout: Rollout,
+        decision: RolloutDecision | None = None,
+        traffic: list[TrafficTarget] | None = None,
+        expected: list[TrafficTarget] | None = None,
+    ) -> bool:
+        with self._transaction() as db:
+            state = db.execute("SELECT state FROM rollouts WHERE id = ?", (rollout.id,)).fetchone()
+            if state is None or state[0] != "running":
+                return False
+            if expected is not None:
+                current = _traffic_by_function(
+                    db.execute(f"{TRAFFIC_QUERY} WHERE function = ?", (rollout.function,))
+                ).get(rollout.function, [])
+                if set(current) != set(expected):
+                    return False
+            if traffic is not None:
+                revision_ids = {
+                    row[0]
+                    for row in db.execute("SELECT id FROM revisions WHERE function = ?", (rollout.function,))
+                }
+                check_traffic(rollout.function, traffic, revision_ids)
+                _write_traffic(db, rollout.function, traffic)
+            db.execute(
+                "UPDATE rollouts SET step = ?, step_started_at = ?, state = ?, reason = ?, finished_at = ? "
+                "WHERE id = ?",
+                (rollout.step, rollout.step_started_at, rollout.state, rollout.reason, rollout.finished_at,
+                 rollout.id),
+            )  # fmt: skip
+            if decision is not None:
+                _write_decision(db, decision)
+        return True
+
+    # -- shadow traffic (tidal.shadow) --------------------------------------------------------------
+
+    def set_shadow(self, config: ShadowConfig) -> None:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM functions WHERE name = ?", (config.function,)).fetchone() is None:
+                raise KeyError(config.function)
+            owner = db.execute("SELECT function FROM revisions WHERE id = ?", (config.revision,)).fetchone()
+            if owner is None or owner[0] != config.function:
+                raise ValueError(
+                    f"revision {config.revision!r} is not a revision of function {config.function!r}"
+                )
+            db.execute(
+                f"INSERT OR REPLACE INTO shadows ({SHADOW_COLUMNS}) VALUES ({', '.join('?' * len(SHADOW_FIELDS))})",
+                msgspec.structs.astuple(config),
+            )
+
+    def shadow(self, function: str) -> ShadowConfig | None:
+        rows = self._query(f"SELECT {SHADOW_COLUMNS} FROM shadows WHERE function = ?", (function,))
+        return ShadowConfig(*rows[0]) if rows else None
+
+    def delete_shadow(self, function: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM shadows WHERE function = ?", (function,)).rowcount > 0
+
+    def add_shadow_results(
+        self, results: Iterable[ShadowResult], skips: Mapping[tuple[str, str, int, str], int]
+    ) -> None:
+        rows = [msgspec.structs.astuple(result) for result in results]
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT INTO shadow_results ({SHADOW_RESULT_COLUMNS}) "
+                f"VALUES ({', '.join('?' * len(ShadowResult.__struct_fields__))})",
+                rows,
+            )
+            db.executemany(
+                "INSERT INTO shadow_skips (function, revision, minute, reason, count) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (function, revision, minute, reason) DO UPDATE SET count = count + excluded.count",
+                [(*key, count) for key, count in skips.items()],
+            )
+
+    def shadow_results(
+        self, function: str, since: float, revision: str | None = None, limit: int = 100_000
+    ) -> list[ShadowResult]:
+        only = "" if revision is None else " AND revision = ?"
+        rows = self._query(
+            f"SELECT {SHADOW_RESULT_COLUMNS} FROM shadow_results WHERE function = ? AND at >= ?{only} "
+            "ORDER BY at DESC LIMIT ?",
+            (function, since, *([] if revision is None else [revision]), limit),
+        )
+        return [ShadowResult(*row) for row in rows]
+
+    def shadow_skips(self, function: str, since: float, revision: str | None = None) -> dict[str, int]:
+        only = "" if revision is None else " AND revision = ?"
+        # A minute counts when it ends after ``since``: a report "since 10 s ago" shows this minute's.
+        rows = self._query(
+            f"SELECT reason, SUM(count) FROM shadow_skips WHERE function = ? AND minute > ? - 60{only} "
+            "GROUP BY reason",
+            (function, since, *([] if revision is None else [revision])),
+        )
+        return {reason: int(total) for reason, total in rows}
+
+    def delete_shadow_results(self, before: float, batch: int) -> int:
+        with self._transaction() as db:
+            results = db.execute(
+                "DELETE FROM shadow_results WHERE rowid IN "
+                "(SELECT rowid FROM shadow_results WHERE at < ? ORDER BY at LIMIT ?)",
+                (before, batch),
+            ).rowcount
+            skips = db.execute(
+                "DELETE FROM shadow_skips WHERE rowid IN "
+                "(SELECT rowid FROM shadow_skips WHERE minute < ? ORDER BY minute LIMIT ?)",
+                (before, batch),
+            ).rowcount
+        return results + skips
+
 
 # -- rows <-> records (inside a transaction where it matters) ------------------------------------------
 
@@ -350,6 +542,33 @@ def _activation(row: tuple[Any, ...]) -> Activation:
     activation = Activation(*row)
     activation.cold = bool(activation.cold)  # stored as 0/1
     return activation
+
+
+def _rollout_row(rollout: Rollout) -> tuple[Any, ...]:
+    row = msgspec.structs.asdict(rollout)
+    row["steps"] = json.dumps(rollout.steps)
+    return tuple(row.values())
+
+
+def _rollout(row: tuple[Any, ...]) -> Rollout:
+    values = dict(zip(Rollout.__struct_fields__, row, strict=True))
+    values["steps"] = json.loads(values["steps"])
+    return Rollout(**values)
+
+
+def _decision(row: tuple[Any, ...]) -> RolloutDecision:
+    values = dict(zip(RolloutDecision.__struct_fields__, row, strict=True))
+    values["canary"], values["stable"] = json.loads(values["canary"]), json.loads(values["stable"])
+    return RolloutDecision(**values)
+
+
+def _write_decision(db: sqlite3.Connection, decision: RolloutDecision) -> None:
+    row = msgspec.structs.asdict(decision)
+    row["canary"], row["stable"] = json.dumps(decision.canary), json.dumps(decision.stable)
+    db.execute(
+        f"INSERT INTO rollout_decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * len(row))})",
+        tuple(row.values()),
+    )
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
