@@ -40,6 +40,8 @@ bench: setup
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/burst.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/environments.py
+	$(BIN)/python bench/shadow.py
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage*

@@ -4,35 +4,32 @@ One connection guarded by a lock: admin calls are rare and short, and activation
 batches from the metering writer's thread, so contention is negligible. WAL lets the CLI read
 while the gateway writes. Opening the store applies the pending schema migrations (migrations.py);
 a state dir written by a newer release is refused with StoreError.
+
+The connection is ``sqlite_base.SQLiteConnection``; functions, revisions, keys, activations and
+scaling events are here, and the later table groups each have a module of their own
+(``sqlite_rollouts.py``, ``sqlite_shadow.py``), joined by ``SQLiteStore``'s bases.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from tidal.store.migrations import migrate
-from tidal.store.models import (
-    Activation,
-    FunctionRecord,
-    KeyRecord,
-    Revision,
-    RevisionWindow,
-    Rollout,
-    RolloutDecision,
-    ShadowConfig,
-    ShadowResult,
-    TrafficTarget,
-    check_traffic,
+from tidal.store.models import Activation, FunctionRecord, KeyRecord, Revision, TrafficTarget, check_traffic
+from tidal.store.sqlite_base import (
+    TRAFFIC_ORDER,
+    TRAFFIC_QUERY,
+    revision_ids,
+    traffic_by_function,
+    write_traffic,
 )
+from tidal.store.sqlite_rollouts import RolloutTables
+from tidal.store.sqlite_shadow import ShadowTables
 
 # The SQL column lists are the records' fields: one list, one place.
 ACTIVATION_FIELDS = Activation.__struct_fields__
@@ -40,52 +37,10 @@ ACTIVATION_COLUMNS = ", ".join(ACTIVATION_FIELDS)
 REVISION_COLUMNS = ", ".join(Revision.__struct_fields__)
 KEY_COLUMNS = ", ".join(KeyRecord.__struct_fields__)
 SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
-TRAFFIC_QUERY = "SELECT function, revision, percent, tag FROM traffic"
-TRAFFIC_ORDER = "function, percent DESC, revision"  # the main share first
 SMALLEST_ROWID = -(2**63)
-SHADOW_FIELDS = ShadowConfig.__struct_fields__
-SHADOW_COLUMNS = ", ".join(SHADOW_FIELDS)
-SHADOW_RESULT_COLUMNS = ", ".join(ShadowResult.__struct_fields__)
-ROLLOUT_COLUMNS = ", ".join(Rollout.__struct_fields__)
-DECISION_COLUMNS = ", ".join(RolloutDecision.__struct_fields__)
 
 
-class SQLiteStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Off by default in SQLite, and per connection: deleting a function cascades through it.
-            self._db.execute("PRAGMA foreign_keys=ON")
-            migrate(self._db)
-        except BaseException:
-            self._db.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
-
-    @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """All statements inside see one snapshot and commit (or, on an exception, roll back) at once."""
-        with self._lock:
-            # IMMEDIATE takes the write lock up front: a read-then-write cannot lose a race.
-            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
+class SQLiteStore(RolloutTables, ShadowTables):
     # -- functions and revisions ---------------------------------------------------------------
 
     def add_revision(
@@ -122,7 +77,7 @@ class SQLiteStore:
             if settings is not None:
                 _write_settings(db, draft.function, settings)
             if serve:
-                _write_traffic(db, draft.function, [TrafficTarget(revision.id, 100)])
+                write_traffic(db, draft.function, [TrafficTarget(revision.id, 100)])
         return revision, created
 
     def function_names(self) -> list[str]:
@@ -131,7 +86,7 @@ class SQLiteStore:
     def functions(self) -> list[FunctionRecord]:
         with self._transaction(write=False) as db:
             rows = db.execute("SELECT name, created_at, settings FROM functions ORDER BY name").fetchall()
-            traffic = _traffic_by_function(db.execute(f"{TRAFFIC_QUERY} ORDER BY {TRAFFIC_ORDER}"))
+            traffic = traffic_by_function(db.execute(f"{TRAFFIC_QUERY} ORDER BY {TRAFFIC_ORDER}"))
         return [_function(row, traffic.get(row[0], [])) for row in rows]
 
     def function(self, name: str) -> FunctionRecord | None:
@@ -139,7 +94,7 @@ class SQLiteStore:
             row = db.execute(
                 "SELECT name, created_at, settings FROM functions WHERE name = ?", (name,)
             ).fetchone()
-            traffic = _traffic_by_function(
+            traffic = traffic_by_function(
                 db.execute(f"{TRAFFIC_QUERY} WHERE function = ? ORDER BY {TRAFFIC_ORDER}", (name,))
             )
         return _function(row, traffic.get(name, [])) if row else None
@@ -169,11 +124,8 @@ class SQLiteStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM functions WHERE name = ?", (name,)).fetchone() is None:
                 raise KeyError(name)
-            revision_ids = {
-                row[0] for row in db.execute("SELECT id FROM revisions WHERE function = ?", (name,))
-            }
-            check_traffic(name, targets, revision_ids)
-            _write_traffic(db, name, targets)
+            check_traffic(name, targets, revision_ids(db, name))
+            write_traffic(db, name, targets)
 
     def delete_function(self, name: str) -> bool:
         # Revisions and traffic go with it (ON DELETE CASCADE, foreign_keys is on).
@@ -315,208 +267,11 @@ class SQLiteStore:
             )
             return cursor.rowcount
 
-    # -- per-revision windows and canary rollouts (tidal.rollout) ----------------------------------
-
-    def revision_windows(self, function: str, since: float, until: float) -> list[RevisionWindow]:
-        window = (function, since, until)
-        where = "WHERE function = ? AND start >= ? AND start < ?"  # the (function, start) index
-        with self._transaction(write=False) as db:
-            counts = db.execute(
-                f"SELECT revision, status, COUNT(*), SUM(cold) FROM activations {where} GROUP BY revision, status",
-                window,
-            ).fetchall()
-            warm = db.execute(
-                f"SELECT revision, duration_ms FROM activations {where} AND cold = 0 "
-                "ORDER BY revision, duration_ms",
-                window,
-            ).fetchall()
-        statuses: dict[str, dict[str, int]] = {}
-        cold: dict[str, int] = {}
-        for revision, status, count, colds in counts:
-            statuses.setdefault(revision, {})[status] = count
-            cold[revision] = cold.get(revision, 0) + int(colds or 0)
-        warm_ms: dict[str, list[float]] = {}
-        for revision, duration_ms in warm:
-            warm_ms.setdefault(revision, []).append(duration_ms)
-        return [
-            RevisionWindow(revision, statuses[revision], cold[revision], warm_ms.get(revision, []))
-            for revision in sorted(statuses)
-        ]
-
-    def start_rollout(
-        self, draft: Rollout, traffic: list[TrafficTarget], decision: RolloutDecision | None = None
-    ) -> Rollout:
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM functions WHERE name = ?", (draft.function,)).fetchone() is None:
-                raise KeyError(draft.function)
-            running = "SELECT 1 FROM rollouts WHERE function = ? AND state = 'running'"
-            if db.execute(running, (draft.function,)).fetchone() is not None:
-                raise ValueError(f"a rollout of {draft.function!r} is already running")
-            revision_ids = {
-                row[0] for row in db.execute("SELECT id FROM revisions WHERE function = ?", (draft.function,))
-            }
-            check_traffic(draft.function, traffic, revision_ids)
-            _write_traffic(db, draft.function, traffic)
-            fields = Rollout.__struct_fields__[1:]  # all but the id SQLite assigns
-            cursor = db.execute(
-                f"INSERT INTO rollouts ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
-                _rollout_row(draft)[1:],
-            )
-            assert cursor.lastrowid is not None
-            rollout = msgspec.structs.replace(draft, id=cursor.lastrowid)
-            if decision is not None:
-                _write_decision(db, msgspec.structs.replace(decision, rollout=rollout.id))
-        return rollout
-
-    def rollout(self, function: str) -> Rollout | None:
-        rows = self._query(
-            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE function = ? ORDER BY id DESC LIMIT 1", (function,)
-        )
-        return _rollout(rows[0]) if rows else None
-
-    def running_rollouts(self) -> list[Rollout]:
-        rows = self._query(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state = 'running' ORDER BY id")
-        return [_rollout(row) for row in rows]
-
-    def rollout_decisions(self, rollout_id: int) -> list[RolloutDecision]:
-        rows = self._query(
-            f"SELECT {DECISION_COLUMNS} FROM rollout_decisions WHERE rollout = ? ORDER BY at, rowid",
-            (rollout_id,),
-        )
-        return [_decision(row) for row in rows]
-
-    def save_rollout(
-        self,
-        rollout: Rollout,
-        decision: RolloutDecision | None = None,
-        traffic: list[TrafficTarget] | None = None,
-        expected: list[TrafficTarget] | None = None,
-    ) -> bool:
-        with self._transaction() as db:
-            state = db.execute("SELECT state FROM rollouts WHERE id = ?", (rollout.id,)).fetchone()
-            if state is None or state[0] != "running":
-                return False
-            if expected is not None:
-                current = _traffic_by_function(
-                    db.execute(f"{TRAFFIC_QUERY} WHERE function = ?", (rollout.function,))
-                ).get(rollout.function, [])
-                if set(current) != set(expected):
-                    return False
-            if traffic is not None:
-                revision_ids = {
-                    row[0]
-                    for row in db.execute("SELECT id FROM revisions WHERE function = ?", (rollout.function,))
-                }
-                check_traffic(rollout.function, traffic, revision_ids)
-                _write_traffic(db, rollout.function, traffic)
-            db.execute(
-                "UPDATE rollouts SET step = ?, step_started_at = ?, state = ?, reason = ?, finished_at = ? "
-                "WHERE id = ?",
-                (rollout.step, rollout.step_started_at, rollout.state, rollout.reason, rollout.finished_at,
-                 rollout.id),
-            )  # fmt: skip
-            if decision is not None:
-                _write_decision(db, decision)
-        return True
-
-    # -- shadow traffic (tidal.shadow) --------------------------------------------------------------
-
-    def set_shadow(self, config: ShadowConfig) -> None:
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM functions WHERE name = ?", (config.function,)).fetchone() is None:
-                raise KeyError(config.function)
-            owner = db.execute("SELECT function FROM revisions WHERE id = ?", (config.revision,)).fetchone()
-            if owner is None or owner[0] != config.function:
-                raise ValueError(
-                    f"revision {config.revision!r} is not a revision of function {config.function!r}"
-                )
-            db.execute(
-                f"INSERT OR REPLACE INTO shadows ({SHADOW_COLUMNS}) VALUES ({', '.join('?' * len(SHADOW_FIELDS))})",
-                msgspec.structs.astuple(config),
-            )
-
-    def shadow(self, function: str) -> ShadowConfig | None:
-        rows = self._query(f"SELECT {SHADOW_COLUMNS} FROM shadows WHERE function = ?", (function,))
-        return ShadowConfig(*rows[0]) if rows else None
-
-    def delete_shadow(self, function: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM shadows WHERE function = ?", (function,)).rowcount > 0
-
-    def add_shadow_results(
-        self, results: Iterable[ShadowResult], skips: Mapping[tuple[str, str, int, str], int]
-    ) -> None:
-        rows = [msgspec.structs.astuple(result) for result in results]
-        with self._transaction() as db:
-            db.executemany(
-                f"INSERT INTO shadow_results ({SHADOW_RESULT_COLUMNS}) "
-                f"VALUES ({', '.join('?' * len(ShadowResult.__struct_fields__))})",
-                rows,
-            )
-            db.executemany(
-                "INSERT INTO shadow_skips (function, revision, minute, reason, count) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (function, revision, minute, reason) DO UPDATE SET count = count + excluded.count",
-                [(*key, count) for key, count in skips.items()],
-            )
-
-    def shadow_results(
-        self, function: str, since: float, revision: str | None = None, limit: int = 100_000
-    ) -> list[ShadowResult]:
-        only = "" if revision is None else " AND revision = ?"
-        rows = self._query(
-            f"SELECT {SHADOW_RESULT_COLUMNS} FROM shadow_results WHERE function = ? AND at >= ?{only} "
-            "ORDER BY at DESC LIMIT ?",
-            (function, since, *([] if revision is None else [revision]), limit),
-        )
-        return [ShadowResult(*row) for row in rows]
-
-    def shadow_skips(self, function: str, since: float, revision: str | None = None) -> dict[str, int]:
-        only = "" if revision is None else " AND revision = ?"
-        # A minute counts when it ends after ``since``: a report "since 10 s ago" shows this minute's.
-        rows = self._query(
-            f"SELECT reason, SUM(count) FROM shadow_skips WHERE function = ? AND minute > ? - 60{only} "
-            "GROUP BY reason",
-            (function, since, *([] if revision is None else [revision])),
-        )
-        return {reason: int(total) for reason, total in rows}
-
-    def delete_shadow_results(self, before: float, batch: int) -> int:
-        with self._transaction() as db:
-            results = db.execute(
-                "DELETE FROM shadow_results WHERE rowid IN "
-                "(SELECT rowid FROM shadow_results WHERE at < ? ORDER BY at LIMIT ?)",
-                (before, batch),
-            ).rowcount
-            skips = db.execute(
-                "DELETE FROM shadow_skips WHERE rowid IN "
-                "(SELECT rowid FROM shadow_skips WHERE minute < ? ORDER BY minute LIMIT ?)",
-                (before, batch),
-            ).rowcount
-        return results + skips
-
-
-# -- rows <-> records (inside a transaction where it matters) ------------------------------------------
-
 
 def _write_settings(db: sqlite3.Connection, name: str, settings: dict[str, object]) -> None:
     cursor = db.execute("UPDATE functions SET settings = ? WHERE name = ?", (json.dumps(settings), name))
     if cursor.rowcount == 0:
         raise KeyError(name)
-
-
-def _write_traffic(db: sqlite3.Connection, name: str, targets: list[TrafficTarget]) -> None:
-    db.execute("DELETE FROM traffic WHERE function = ?", (name,))
-    db.executemany(
-        "INSERT INTO traffic (function, revision, percent, tag) VALUES (?, ?, ?, ?)",
-        [(name, target.revision, target.percent, target.tag) for target in targets],
-    )
-
-
-def _traffic_by_function(rows: Iterable[tuple[Any, ...]]) -> dict[str, list[TrafficTarget]]:
-    traffic: dict[str, list[TrafficTarget]] = {}
-    for function, revision, percent, tag in rows:
-        traffic.setdefault(function, []).append(TrafficTarget(revision, percent, tag))
-    return traffic
 
 
 def _function(row: tuple[Any, ...], traffic: list[TrafficTarget]) -> FunctionRecord:
@@ -542,33 +297,6 @@ def _activation(row: tuple[Any, ...]) -> Activation:
     activation = Activation(*row)
     activation.cold = bool(activation.cold)  # stored as 0/1
     return activation
-
-
-def _rollout_row(rollout: Rollout) -> tuple[Any, ...]:
-    row = msgspec.structs.asdict(rollout)
-    row["steps"] = json.dumps(rollout.steps)
-    return tuple(row.values())
-
-
-def _rollout(row: tuple[Any, ...]) -> Rollout:
-    values = dict(zip(Rollout.__struct_fields__, row, strict=True))
-    values["steps"] = json.loads(values["steps"])
-    return Rollout(**values)
-
-
-def _decision(row: tuple[Any, ...]) -> RolloutDecision:
-    values = dict(zip(RolloutDecision.__struct_fields__, row, strict=True))
-    values["canary"], values["stable"] = json.loads(values["canary"]), json.loads(values["stable"])
-    return RolloutDecision(**values)
-
-
-def _write_decision(db: sqlite3.Connection, decision: RolloutDecision) -> None:
-    row = msgspec.structs.asdict(decision)
-    row["canary"], row["stable"] = json.dumps(decision.canary), json.dumps(decision.stable)
-    db.execute(
-        f"INSERT INTO rollout_decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * len(row))})",
-        tuple(row.values()),
-    )
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
