@@ -213,6 +213,21 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
             for t in info["traffic"]
         )
         out.print(f"traffic: {shares}", highlight=False)
+    rollout = info.get("rollout")
+    if rollout:
+        steps = rollout["steps"]
+        out.print(
+            f"rollout: {rollout['canary']} at {steps[rollout['step']]}% (step {rollout['step'] + 1} of "
+            f"{len(steps)}) over {rollout['stable']}; `tidal rollout status {info['name']}` has the numbers",
+            highlight=False,
+        )
+    shadow = info.get("shadow")
+    if shadow:
+        out.print(
+            f"shadow: {shadow['percent']}% of calls copied to {shadow['revision']} ({shadow['compare']}); "
+            f"`tidal shadow report {info['name']}` has the results",
+            highlight=False,
+        )
     isolation = info.get("isolation") or {}
     out.print(
         f"sandbox: {isolation.get('sandbox', '?')}; limits: {isolation.get('limits', '?')}", highlight=False

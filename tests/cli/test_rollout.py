@@ -147,6 +147,8 @@ def test_abort_and_a_change_by_hand_return_traffic(tidal_server: TidalServer, wr
     assert busy.returncode == 1 and "is running" in busy.stderr
     info = tidal_server.client.get(f"/v1/functions/{name}").json()
     assert info["rollout"]["canary"] == f"{name}-00002"
+    status = tidal_server.cli("status", name)
+    assert f"rollout: {name}-00002 at 10% (step 1 of 2) over {name}-00001" in status.stdout, status.stdout
     aborted = tidal_server.cli("rollout", "abort", name)
     assert aborted.returncode == 0 and "aborted" in aborted.stdout, aborted.stderr
     traffic = tidal_server.client.get(f"/v1/functions/{name}/traffic").json()["traffic"]

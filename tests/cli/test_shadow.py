@@ -57,6 +57,8 @@ def test_copies_are_compared_and_the_client_only_sees_the_primary(
     started = tidal_server.cli("shadow", name, "--to", "2", "--percent", "100", "--compare", "cosine>=0.99")
     assert started.returncode == 0, started.stderr
     assert f"{name}-00002" in started.stdout and "cosine>=0.99" in started.stdout
+    status = tidal_server.cli("status", name)
+    assert f"shadow: 100% of calls copied to {name}-00002 (cosine>=0.99)" in status.stdout, status.stdout
     assert {answer["model"] for answer in calls(tidal_server, name, range(10))} == {"v1"}
     wait_for(lambda: report(tidal_server, name)["sent"] == 10, 20, "10 compared copies")
     agreeing = tidal_server.cli("shadow", "report", name, "--since", "10m")
