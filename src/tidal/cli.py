@@ -138,6 +138,7 @@ def up(
     err.print(
         f"[{style}]sandbox: {isolation['sandbox']}; limits: {isolation['limits']}[/{style}]", highlight=False
     )
+    err.print(f"[dim]{gateway.platform.backend.gpus.inventory.describe()}[/dim]", highlight=False)
     config = uvicorn.Config(
         gateway,
         host=host,
@@ -204,6 +205,8 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     )
     if instances["start_retry_in_s"]:
         out.print(f"[red]starts are failing[/red]: the next try is in {instances['start_retry_in_s']} s")
+    if instances.get("start_error"):
+        out.print(f"[red]last start failed[/red]: {instances['start_error']}", highlight=False)
     rejected_last_hour = sum(minute["count"] for minute in info.get("rejections", []))
     if rejected_last_hour:
         out.print(f"[yellow]{rejected_last_hour} requests rejected (queue full) in the last hour[/yellow]")
@@ -233,6 +236,8 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
         f"sandbox: {isolation.get('sandbox', '?')}; limits: {isolation.get('limits', '?')}", highlight=False
     )
     out.print(template_line(info.get("template")), highlight=False)
+    for line in gpu_lines(info):
+        out.print(line, highlight=False)
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry", "environment")
     for revision in info["revisions"]:
@@ -268,9 +273,24 @@ def rm(name: str) -> None:
 def invoke(
     name: str,
     data: Annotated[str, typer.Argument(help="JSON body; '-' reads standard input")] = "null",
+    run_async: Annotated[
+        bool, typer.Option("--async", help="queue it as a job and print the job's id (`tidal jobs show ID`)")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="with --async: the same key again gives the same job, never a second run"),
+    ] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="with --async: POST the job's final record to this http(s) URL")
+    ] = None,
 ) -> None:
-    """Invoke a function with a JSON body and print its answer."""
+    """Invoke a function with a JSON body and print its answer (with --async: its job's id)."""
     body = sys.stdin.read() if data == "-" else data
+    if run_async:
+        cli_jobs.submit(name, body, idempotency_key, callback_url)
+        return
+    if idempotency_key is not None or callback_url is not None:
+        fail("--idempotency-key and --callback-url go with --async")
     try:
         with client() as api:
             response = api.request(
@@ -389,6 +409,9 @@ def template_line(template: dict[str, Any] | None) -> str:
     """`tidal status`'s line about the function's warm template: its memory and how long unused."""
     if template is None:
         return "template: none kept (the next cold start builds one)"
+    if template.get("state") == "failed":  # instances start as fresh processes meanwhile
+        when = "until the code changes" if template.get("lasting") else "for now"
+        return f"template: failed ({when}), instances start as fresh processes: {template['error']}"
     memory = "memory unknown" if template["rss_mb"] is None else f"{template['rss_mb']} MB RSS"
     if template["pss_mb"] is not None:
         memory += f" ({template['pss_mb']} MB PSS)"
@@ -403,12 +426,39 @@ def template_line(template: dict[str, Any] | None) -> str:
     return f"template: pid {template['pid']}, {memory}, {use}, built {_time(template['built_at'])}"
 
 
+def gpu_lines(info: dict[str, Any]) -> list[str]:
+    """`tidal status`'s GPU lines: the host's GPUs, then each instance's GPUs and GPU memory.
+
+    Nothing for a gpu=0 function on a host without GPUs.
+    """
+    host = info.get("gpus") or {}
+    gpu = info["spec"].get("gpu", 0)
+    listing = info["instances"].get("list", [])
+    if not gpu and not host.get("gpus"):
+        return []
+    lines = [f"host {host.get('summary', 'gpus: unknown')}"]
+    for item in host.get("gpus", []):
+        used = "" if item.get("memory_used_mb") is None else f", {item['memory_used_mb']} MiB used"
+        holders = ", ".join(
+            name if share >= 1 else f"{name} ({share:g})"
+            for name, share in sorted(item.get("held_by", {}).items())
+        )
+        lines.append(f"  GPU {item['index']}{used}; held by {holders or 'nobody'}")
+    if gpu:
+        for instance in listing:
+            memory = instance.get("gpu_memory_mb")
+            shown = "memory not reported" if memory is None else f"{memory} MiB GPU memory"
+            where = ",".join(str(index) for index in instance.get("gpus", [])) or "?"
+            lines.append(f"  instance {instance['id']}: GPU {where} (gpu={gpu:g}), {shown}")
+    return lines
+
+
 def _time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 # Commands kept in modules of their own register on ``app`` when imported.
-from tidal import cli_deploy, cli_rollout, cli_shadow, cli_traffic  # noqa: E402, F401
+from tidal import cli_deploy, cli_jobs, cli_rollout, cli_shadow, cli_traffic  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

@@ -15,16 +15,19 @@ applies to every revision at once.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -78,6 +81,37 @@ _DURATION_VALIDATOR = BeforeValidator(_seconds, json_schema_input_type=float | s
 Duration = Annotated[float, _DURATION_VALIDATOR]
 
 
+def _gpu_count(value: float) -> float:
+    """0, a whole count 1..16, or a share 1/k of one GPU (k up to 16); 0.3333 is taken as 1/3.
+
+    A share must divide a GPU evenly, so instances of one function always fill it exactly.
+    """
+    if value < 0 or not math.isfinite(value):
+        raise ValueError("must be 0 (no GPU), a count of GPUs (1, 2 ...) or a share of one (0.5, 0.25)")
+    if value >= 1:
+        if value != int(value):
+            raise ValueError(f"{value:g} GPUs: more than one GPU must be a whole number (1, 2 ... 16)")
+        if value > 16:
+            raise ValueError(f"{value:g} GPUs: at most 16 per instance")
+        return value
+    if value > 0:
+        parts = 1 / value
+        if round(parts) > 16 or abs(parts - round(parts)) > 1e-3 * parts:
+            raise ValueError(
+                f"a share of a GPU must be 1/k for a whole k up to 16 (0.5, 0.25, 0.2 ...), not {value:g}"
+            )
+    return value
+
+
+def _gpu_as_written(value: float) -> float | int:
+    """Whole counts are stored as ints: specs (and revision digests) written before shares existed stay equal."""
+    return int(value) if value == int(value) else value
+
+
+# 0 (no GPU), a count of whole GPUs, or a share 1/k of one (several instances on one GPU).
+GpuCount = Annotated[float, AfterValidator(_gpu_count), PlainSerializer(_gpu_as_written)]
+
+
 class Style(StrEnum):
     """How the gateway hands a request to user code."""
 
@@ -103,7 +137,12 @@ class FunctionSpec(BaseModel):
         json_schema_extra=REVISION,
     )
     cpu: float = Field(1.0, gt=0, le=256, description="CPU cores per instance", json_schema_extra=REVISION)
-    gpu: int = Field(0, ge=0, le=16, description="GPUs per instance", json_schema_extra=REVISION)
+    gpu: GpuCount = Field(
+        0,
+        description="GPUs per instance: a count (1, 2 ... 16) or a share of one GPU (0.5, 0.25: 1/k);"
+        " each instance sees only its own through `CUDA_VISIBLE_DEVICES`",
+        json_schema_extra=REVISION,
+    )
     timeout: Duration = Field(
         60.0,
         gt=0,
@@ -198,6 +237,33 @@ class FunctionSpec(BaseModel):
         description="run `setup()` in the warm template, so instances fork with the model loaded",
         json_schema_extra=REVISION,
     )
+    # -- async jobs (tidal.jobs): what happens to a job whose attempt failed, and after it ends --
+    retries: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="async jobs: attempts after the first that failed retryably (backoff with jitter), then dead",
+        json_schema_extra=FUNCTION,
+    )
+    max_event_age: Duration = Field(
+        6 * 3600.0,
+        ge=1,
+        le=7 * 86400,
+        description="async jobs: no attempt starts this long after the job was submitted (it goes dead)",
+        json_schema_extra={**FUNCTION, "default_text": "6h"},
+    )
+    on_success: str | None = Field(
+        None,
+        pattern=NAME_PATTERN.pattern,
+        description="async jobs: a function invoked (as a job) with the record of each job that succeeded",
+        json_schema_extra={**FUNCTION, "default_text": "none"},
+    )
+    on_failure: str | None = Field(
+        None,
+        pattern=NAME_PATTERN.pattern,
+        description="async jobs: a function invoked (as a job) with the record of each job that failed or went dead",
+        json_schema_extra={**FUNCTION, "default_text": "none"},
+    )
 
     @field_validator("name")
     @classmethod
@@ -255,8 +321,8 @@ class FunctionSpec(BaseModel):
     def function_settings(self) -> dict[str, Any]:
         """The function-level fields only: they apply to every revision, and change none.
 
-        >>> FunctionSpec(name="x", public=True).function_settings()
-        {'public': True, 'sticky_key': None}
+        >>> sorted(FunctionSpec(name="x", public=True).function_settings())
+        ['max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key']
         """
         return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
 

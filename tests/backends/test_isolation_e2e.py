@@ -14,6 +14,7 @@ import pytest
 from conftest import TidalServer
 
 HOSTILE = """
+import getpass
 import os
 import signal
 
@@ -39,6 +40,8 @@ def snoop(payload):
         "api_key_env": os.environ.get("TIDAL_API_KEY"),
         "spec_env": os.environ.get("MY_SETTING"),
         "uid": os.getuid(),
+        # Its uid has no passwd entry: libraries that ask who runs them (torch's caches) need USER.
+        "user": attempt(getpass.getuser),
     }
 """
 
@@ -79,6 +82,7 @@ def test_a_function_cannot_read_keys_state_or_other_code(
     assert seen["secret_env"] is None and seen["api_key_env"] is None, "the gateway's environment stays out"
     assert seen["spec_env"] == "given by the spec"
     assert seen["uid"] not in (0, os.getuid())
+    assert seen["user"] == {"ok": "tidal-fn"}
     status = server.cli("status", "snoop")
     assert "sandbox: users" in status.stdout and "limits: cgroup v1" in status.stdout, status.stdout
 

@@ -125,7 +125,10 @@ async def test_load_once_runs_setup_in_the_template(backend: LocalBackend, tmp_p
 
 
 @pytest.mark.parametrize("templates", [True, False])
-async def test_instances_get_their_revisions_typed_spec(tmp_path: Path, templates: bool) -> None:
+async def test_instances_get_their_revisions_typed_spec(
+    tmp_path: Path, templates: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDAL_FAKE_GPUS", "1")  # gpu=1 starts only where a GPU is (a fake one here)
     backend = LocalBackend(tmp_path / "state", use_templates=templates)
     try:
         code = write(tmp_path, "probe", PROBE)

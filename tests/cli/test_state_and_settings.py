@@ -81,8 +81,10 @@ def test_making_a_function_public_keeps_its_revision_and_its_warm_instance(
     assert keyed.status_code == 200
     assert httpx.post(f"{tidal_server.url}/fn/whoami", json={}).status_code == 401
 
-    opened = tidal_server.deploy(path, "--public")
+    opened = tidal_server.deploy(path, "--public", "--retries", "5", "--max-event-age", "1h")
     assert opened.returncode == 0 and "(unchanged)" in opened.stdout, opened.stdout
+    spec = tidal_server.client.get("/v1/functions/whoami").json()["spec"]
+    assert (spec["public"], spec["retries"], spec["max_event_age"]) == (True, 5, 3600.0), spec
     anonymous = httpx.post(f"{tidal_server.url}/fn/whoami", json={})
     assert anonymous.status_code == 200
     assert anonymous.headers["x-tidal-revision"] == keyed.headers["x-tidal-revision"]

@@ -78,7 +78,8 @@ def test_every_seconds_field_takes_a_duration() -> None:
     )
     assert (spec.timeout, spec.stable_window, spec.panic_window) == (120.0, 90.0, 1.5)
     assert (spec.scale_down_delay, spec.scale_to_zero_after) == (5.0, 3600.0)
-    durations = ["panic_window", "scale_down_delay", "scale_to_zero_after", "stable_window", "timeout"]
+    durations = ["max_event_age", "panic_window", "scale_down_delay", "scale_to_zero_after", "stable_window",
+                 "timeout"]  # fmt: skip
     assert sorted(DURATION_FIELDS) == durations
     assert spec.model_dump(mode="json")["timeout"] == 120.0  # stored as seconds, whatever was written
 
@@ -98,14 +99,17 @@ def test_a_bad_duration_in_a_spec_names_the_field(value: object, message: str) -
 
 
 def test_public_is_function_level_and_makes_no_new_revision() -> None:
-    assert sorted(FUNCTION_LEVEL_FIELDS) == ["public", "sticky_key"]
+    assert sorted(FUNCTION_LEVEL_FIELDS) == [
+        "max_event_age", "on_failure", "on_success", "public", "retries", "sticky_key"
+    ]  # fmt: skip
     private = validate_spec({"name": "x", "memory": 1024, "timeout": "30s"})
     public = validate_spec({"name": "x", "memory": 1024, "timeout": "30s", "public": True})
     assert private.revision_fields() == public.revision_fields()  # same digest: no new revision
     assert "public" not in public.revision_fields()
+    jobs = {"retries": 2, "max_event_age": 21600.0, "on_success": None, "on_failure": None}
     assert (private.function_settings(), public.function_settings()) == (
-        {"public": False, "sticky_key": None},
-        {"public": True, "sticky_key": None},
+        {"public": False, "sticky_key": None, **jobs},
+        {"public": True, "sticky_key": None, **jobs},
     )
     assert public.revision_fields()["timeout"] == 30.0 and public.revision_fields()["memory"] == 1024
 

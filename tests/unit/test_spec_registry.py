@@ -44,6 +44,10 @@ SAMPLE: dict[str, Any] = {
     "scale_to_zero_after": "5m",
     "max_queue": 10,
     "load_once": True,
+    "retries": 3,
+    "max_event_age": "1h",
+    "on_success": "notify",
+    "on_failure": "alert",
 }
 
 

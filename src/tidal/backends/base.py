@@ -21,7 +21,7 @@ class Capacity:
 
     cpu: float
     memory_mb: int
-    gpu: int = 0
+    gpu: float = 0  # whole GPUs, or a share of one (0.5)
 
 
 @dataclass(frozen=True)

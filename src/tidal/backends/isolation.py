@@ -159,7 +159,11 @@ def instance_env(spec_env: dict[str, str], extra: dict[str, str]) -> dict[str, s
     """An instance's whole environment: a short fixed list, the spec's ``env``, then tidal's own."""
     env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"})
+    # USER and LOGNAME too: a function's uid has no passwd entry, so getpass.getuser() (torch's cache
+    # paths call it at import) would fail, and a torch import then broke half-way (seen on a GPU host).
+    env.update(
+        {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1", "USER": "tidal-fn", "LOGNAME": "tidal-fn"}
+    )
     env.update(spec_env)
     env.update(extra)
     return env

@@ -17,6 +17,12 @@ One that forked no live instance and served no start for ``template_idle_s`` is 
 ``reap_templates`` (a supervised loop of the gateway); the next start builds it again.
 Spawned instances die with the gateway (PR_SET_PDEATHSIG); every instance also exits when its
 gateway connection closes, which is what ends forked ones (they do not die with their template).
+
+GPUs: each start first claims the instance's GPUs (``GpuHost``, placed by ``gpu_placement``); a
+start no GPU can host fails there with the reason, before any process exists. The claim rides in
+``InstanceConfig.visible_gpus`` (CUDA_VISIBLE_DEVICES, set before user code runs) and is given
+back when the instance exits. A GPU function's template that initialised CUDA refuses for good
+(``lasting``): its instances are spawned until the code changes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ import msgspec
 from tidal.backends.base import COLD_START_DETAIL, Capacity, ExitCallback, InstanceHandle, InstanceSpec
 from tidal.backends.cgroups import Cgroups, Group, Limits, sweep_stale
 from tidal.backends.cradles import Cradles
+from tidal.backends.gpu_placement import GpuUnavailable
+from tidal.backends.gpus import GpuHost
 from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instance_env
 from tidal.backends.spawn import spawn_module
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
@@ -49,13 +57,14 @@ from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnava
 from tidal.backends.watchdog import MemoryWatchdog
 from tidal.environments.runtime import Environments, Interpreter
 from tidal.runtime.template import TemplateReady
-from tidal.runtime.worker import InstanceConfig
+from tidal.runtime.worker import InstanceConfig, gpu_env
 
 log = logging.getLogger("tidal.backends.local")
 
 TEMPLATE_READY_TIMEOUT_S = 300.0  # like a start: a model load may be slow
 TEMPLATE_RETRY_S = 60.0  # a template that failed to come up is not retried sooner (spawn meanwhile)
 STOP_AFTER_KILL_S = 10.0
+GPU_RELEASE_WAIT_S = 15.0  # a start waits this long for GPUs held by instances being stopped
 
 
 def templates_enabled_by_env() -> bool:
@@ -83,6 +92,7 @@ class _Running:
     exited: asyncio.Future[int | None]  # its exit code (-N: killed by signal N; None: unknown)
     process: asyncio.subprocess.Process | None = None  # spawned: our child
     group: Group | None = None  # its control group: its limits, and every process it started
+    stopping: bool = False  # asked to stop (scale-down, retirement): what it holds is about to free
 
 
 @dataclass
@@ -90,6 +100,7 @@ class _Failure:
     at: float
     reason: str
     warned: bool = False
+    lasting: bool = False  # not retried after TEMPLATE_RETRY_S: only new code can fix it
 
 
 class LocalBackend:
@@ -110,6 +121,7 @@ class LocalBackend:
         self.cgroups = Cgroups.detect(f"tidal-{os.getpid()}")
         self.cradles = Cradles(self.cgroups)
         self.watchdog = MemoryWatchdog()  # memory limits where no control group enforces them
+        self.gpus = GpuHost()  # which instance holds which GPU (or share of one)
         self.use_templates = use_templates and templates_enabled_by_env()
         self.template_idle_s = template_idle_s  # an unused template is reaped after this long
         self.log_dir = state_dir / "logs" / "instances"
@@ -163,9 +175,17 @@ class LocalBackend:
         return [self._describe(template) for template in self._templates.values()]
 
     def template_of(self, launch: InstanceSpec) -> dict[str, object] | None:
-        """The template ``launch``'s instances fork from now, or None (none kept: reaped, off, failed)."""
-        template = self._templates.get(TemplateKey.of(launch))
-        return None if template is None else self._describe(template)
+        """The template ``launch``'s instances fork from now; its failure ({"state": "failed",
+        "error", "lasting"}) while instances spawn instead; None (none kept: reaped, off).
+        """
+        key = TemplateKey.of(launch)
+        template = self._templates.get(key)
+        if template is not None:
+            return self._describe(template)
+        failure = self._failures.get(key)
+        if failure is not None and self._recently_failed(key):
+            return {"state": "failed", "error": failure.reason, "lasting": failure.lasting}
+        return None
 
     def _describe(self, template: TemplateProcess) -> dict[str, object]:
         users = sorted(self._template_users.get(template.key, ()))
@@ -173,7 +193,7 @@ class LocalBackend:
 
     def _recently_failed(self, key: TemplateKey) -> bool:
         failure = self._failures.get(key)
-        return failure is not None and time.monotonic() - failure.at < TEMPLATE_RETRY_S
+        return failure is not None and (failure.lasting or time.monotonic() - failure.at < TEMPLATE_RETRY_S)
 
     async def _launch_template(self, key: TemplateKey, memory_mb: int) -> TemplateProcess:
         name = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
@@ -183,8 +203,9 @@ class LocalBackend:
         self.isolation.prepare_code(key.code_dir)
         # The template holds what instances share (the imported modules, with load_once the model).
         group = self._group(f"template-{name}", Limits(memory_mb, 1.0))
+        extra_env = {**interpreter.env, **self.gpus.template_env(key.gpu)}
         template = TemplateProcess(
-            key, interpreter.python, log_path, self._template_died, sandbox, group, interpreter.env
+            key, interpreter.python, log_path, self._template_died, sandbox, group, extra_env
         )
         self._templates[key] = template
         template.ready.add_done_callback(lambda ready: _log_ready(key, ready))
@@ -212,16 +233,16 @@ class LocalBackend:
         try:
             await template.wait_ready(TEMPLATE_READY_TIMEOUT_S)
         except TemplateUnavailable as exc:
-            self._template_failed(key, str(exc))
+            self._template_failed(key, str(exc), exc.lasting)
             raise
         self._failures.pop(key, None)
         template.touch()  # a slow build is over: the caller forks next, with no await in between
         return template
 
-    def _template_failed(self, key: TemplateKey, reason: str) -> None:
+    def _template_failed(self, key: TemplateKey, reason: str, lasting: bool = False) -> None:
         if key not in self._failures or self._failures[key].reason != reason:
             log.warning("template for %s (%s) failed: %s", key.module, key.code_dir, reason)
-        self._failures[key] = _Failure(time.monotonic(), reason)
+        self._failures[key] = _Failure(time.monotonic(), reason, lasting=lasting)
 
     def _template_died(self, template: TemplateProcess) -> None:
         if template.pid is not None:
@@ -230,6 +251,9 @@ class LocalBackend:
             del self._templates[template.key]
         if template.closing or self._closed:
             return
+        failure = self._failures.get(template.key)
+        if failure is not None and failure.lasting:
+            return  # it refused for good and exited (a GPU function's template that touched CUDA)
         if template.ready.done() and not template.ready.exception():
             log.warning(
                 "template %s for %s exited with code %s; the next start builds a new one (log: %s)",
@@ -239,8 +263,9 @@ class LocalBackend:
                 template.log_path,
             )
         else:
-            reason = str(template.ready.exception())
-            self._template_failed(template.key, reason)
+            error = template.ready.exception()
+            lasting = isinstance(error, TemplateUnavailable) and error.lasting
+            self._template_failed(template.key, str(error), lasting)
 
     async def reap_templates(self, now: float | None = None) -> int:
         """Stop every ready template that forked no live instance and served no start for
@@ -296,6 +321,34 @@ class LocalBackend:
     async def _start_one(self, launch: InstanceSpec) -> InstanceHandle:
         revision, spec = launch.revision, launch.spec
         instance_id = f"{revision.id}-{secrets.token_hex(3)}"
+        visible_gpus = await self._claim_gpus(instance_id, spec.gpu)
+        try:
+            return await self._start_placed(launch, instance_id, visible_gpus)
+        except BaseException:
+            self.gpus.release(instance_id)
+            raise
+
+    async def _claim_gpus(self, instance_id: str, gpu: float) -> str | None:
+        """The instance's CUDA_VISIBLE_DEVICES; GpuUnavailable, saying why, when no GPU can host it.
+
+        GPUs held by instances on their way out (a scale-down just stopped the last one; a GPU
+        process takes a moment to release its context) free up within seconds: wait for those
+        exits, bounded, rather than fail the start and put the function into start backoff.
+        """
+        try:
+            return self.gpus.claim(instance_id, gpu)
+        except GpuUnavailable:
+            leaving = [running.exited for running in self._running.values() if running.stopping]
+            if not leaving:
+                raise
+        await asyncio.wait([asyncio.shield(exit) for exit in leaving], timeout=GPU_RELEASE_WAIT_S)
+        await asyncio.sleep(0)  # their exit watchers release their GPUs
+        return self.gpus.claim(instance_id, gpu)
+
+    async def _start_placed(
+        self, launch: InstanceSpec, instance_id: str, visible_gpus: str | None
+    ) -> InstanceHandle:
+        revision, spec = launch.revision, launch.spec
         socket_path = self.socket_dir / f"{instance_id}.sock"
         config = InstanceConfig(
             instance_id=instance_id,
@@ -309,6 +362,7 @@ class LocalBackend:
             timeout=spec.timeout,
             concurrency=spec.concurrency,
             memory_mb=spec.memory,
+            visible_gpus=visible_gpus,
         )
         handle = InstanceHandle(
             id=instance_id,
@@ -318,6 +372,8 @@ class LocalBackend:
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
         )
+        if spec.gpu > 0 and visible_gpus is not None:
+            handle.extra["gpus"] = visible_gpus  # CUDA_VISIBLE_DEVICES of the instance
         limits = Limits(spec.memory, spec.cpu)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -371,6 +427,8 @@ class LocalBackend:
             quiet = failure is not None and failure.warned  # one warning per template failure
             if failure is not None:
                 failure.warned = True
+            if exc.lasting:
+                self._template_failed(TemplateKey.of(launch), str(exc), lasting=True)
             level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "instance of %s starts as a fresh process: %s", launch.revision.id, exc)
             handle.extra["template_error"] = str(exc)[:500]
@@ -401,6 +459,8 @@ class LocalBackend:
         }
         interpreter = self._interpreter(launch.revision.environment, launch.spec.env)
         own.update(interpreter.env)
+        if config.visible_gpus is not None:
+            own.update(gpu_env(config.visible_gpus))
         sandbox = self.isolation.plan(launch.revision.function, launch.code_dir, interpreter.paths)
         if sandbox is not None:
             self.isolation.prepare_code(launch.code_dir)
@@ -436,6 +496,7 @@ class LocalBackend:
         handle = running.handle
         handle.exit_code = await running.exited
         self._running.pop(handle.id, None)
+        self.gpus.release(handle.id)
         with contextlib.suppress(FileNotFoundError):
             running.socket_path.unlink()
         if handle.exit_code not in (0, -15, None):
@@ -466,6 +527,7 @@ class LocalBackend:
         running = self._running.get(instance.id)
         if running is None:
             return
+        running.stopping = True
         self._signal(running, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(running.exited), grace_s)

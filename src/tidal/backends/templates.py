@@ -31,8 +31,8 @@ from tidal.backends.spawn import spawn_module
 from tidal.backends.template_usage import memory_mb
 from tidal.runtime.sandbox import SandboxPlan
 from tidal.runtime.template import (
+    CUDA_INITIALISED,
     MAX_MESSAGE,
-    PINNED_ENV,
     Exited,
     Fork,
     Forked,
@@ -42,6 +42,7 @@ from tidal.runtime.template import (
     TemplateReady,
     decode,
     encode,
+    pinned_env,
 )
 from tidal.runtime.worker import InstanceConfig
 
@@ -55,7 +56,15 @@ _background: set[asyncio.Task[None]] = set()
 
 
 class TemplateUnavailable(Exception):
-    """No instance can be forked (the template failed to start, died, or refused); spawn instead."""
+    """No instance can be forked (the template failed to start, died, or refused); spawn instead.
+
+    ``lasting``: the template refused for a reason only new code can change (it initialised CUDA
+    for a GPU function), so it is not rebuilt until the gateway restarts or the code changes.
+    """
+
+    def __init__(self, message: str, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class TemplateKey(NamedTuple):
@@ -70,6 +79,7 @@ class TemplateKey(NamedTuple):
     # A function's processes run under its own uid: templates are never shared across functions.
     function: str = ""
     environment: str = ""  # the revision's environment key ("" = tidal's own virtualenv)
+    gpu: bool = False  # gpu > 0: children use CUDA, so the template must never initialise it
 
     @classmethod
     def of(cls, launch: InstanceSpec) -> TemplateKey:
@@ -78,7 +88,7 @@ class TemplateKey(NamedTuple):
         attribute, is_class = (revision.attribute, revision.is_class) if spec.load_once else (None, False)
         return cls(
             launch.code_dir, revision.module, attribute, is_class, env, spec.load_once, revision.function,
-            revision.environment,
+            revision.environment, spec.gpu > 0,
         )  # fmt: skip
 
 
@@ -151,9 +161,10 @@ class TemplateProcess:
             attribute=key.attribute,
             is_class=key.is_class,
             load_once=key.load_once,
-            restore_env={name: env.get(name) for name in PINNED_ENV},
+            restore_env={name: env.get(name) for name in pinned_env(key.gpu)},
+            gpu=key.gpu,
         )
-        env.update(PINNED_ENV)
+        env.update(pinned_env(key.gpu))
         env.update(
             {
                 "TIDAL_TEMPLATE_CONFIG": msgspec.json.encode(config).decode(),
@@ -266,13 +277,14 @@ class TemplateProcess:
         elif isinstance(message, ForkFailed):
             pending = self._pending.get(message.id)
             if pending is not None and not pending.done():
-                pending.set_exception(TemplateUnavailable(message.message))
+                pending.set_exception(TemplateUnavailable(message.message, message.lasting))
         elif isinstance(message, TemplateReady) and not self.ready.done():
             self.built_at = time.time()
             self.touch()  # a slow build is not idle time: the start that waits for it forks next
             self.ready.set_result(message)
         elif isinstance(message, TemplateFailed) and not self.ready.done():
-            self.ready.set_exception(TemplateUnavailable(f"{message.type}: {message.message}"))
+            lasting = message.type == CUDA_INITIALISED
+            self.ready.set_exception(TemplateUnavailable(f"{message.type}: {message.message}", lasting))
 
     def _stop_reading(self) -> None:
         if self._sock is not None:
@@ -330,6 +342,7 @@ class TemplateProcess:
             "module": self.key.module,
             "attribute": self.key.attribute,
             "load_once": self.key.load_once,
+            "gpu": self.key.gpu,
             "import_ms": ready.import_ms if ready else None,
             "setup_ms": ready.setup_ms if ready else None,
             "threads": ready.threads if ready else None,

@@ -69,7 +69,7 @@ def _route_or_404(platform: Platform, name: str) -> Route:
 
 REJECTIONS_SHOWN_S = 3600.0  # `GET /v1/functions/NAME` shows the last hour of 429s, per minute
 INSTANCE_COUNTS = ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
-                   "start_failures", "start_retry_in_s", "lost", "recycled", "rejected")  # fmt: skip
+                   "start_failures", "start_retry_in_s", "start_error", "lost", "recycled", "rejected")  # fmt: skip
 
 
 async def describe_function(
@@ -80,8 +80,10 @@ async def describe_function(
     """
     primary = route.primary
     pool = primary.pool.describe()
-    spec = {**primary.spec.model_dump(mode="json"), "public": route.public,
-            "sticky_key": platform.sticky_fields.get(route.function)}  # fmt: skip
+    # Revision-level fields from the primary revision, function-level ones (public, sticky_key,
+    # retries, destinations ...) as the function's stored settings hold them.
+    settings = platform.function_settings.get(route.function, {})
+    spec = {**primary.spec.model_dump(mode="json"), **settings, "public": route.public}
     body: dict[str, Any] = {
         "name": route.function,
         "url": f"/fn/{route.function}",
@@ -105,6 +107,7 @@ async def describe_function(
         "shadow": _shadow_of(route),  # the candidate copies go to (tidal shadow), or None
     }
     body["instances"]["list"] = pool["instances"]
+    await _add_gpus(platform, body, with_usage=revisions is not None)
     if revisions is not None:
         body["revisions"] = [_plain(revision) for revision in revisions]
         body["events"] = await asyncio.to_thread(platform.store.scaling_events, route.function)
@@ -116,6 +119,22 @@ async def describe_function(
         # The running canary rollout in short (`tidal rollout status NAME` has the numbers).
         body["rollout"] = _plain(rollout) if running else None
     return body
+
+
+async def _add_gpus(platform: Platform, body: dict[str, Any], with_usage: bool) -> None:
+    """Each instance's GPU indices (its CUDA_VISIBLE_DEVICES) and, in one function's view where the
+    driver tells, the GPU memory its process holds (``gpu_memory_mb``); ``gpus``: the host's GPUs.
+    """
+    gpus = platform.backend.gpus
+    usage = None
+    if with_usage and gpus.allocator.has_gpus:  # the driver is asked in a thread: nvidia-smi is slow
+        usage = await asyncio.to_thread(gpus.usage, time.monotonic())
+    for instance in body["instances"]["list"]:
+        visible = instance.get("extra", {}).get("gpus")
+        instance["gpus"] = [int(index) for index in visible.split(",") if index] if visible else []
+        pid = instance.get("pid")
+        instance["gpu_memory_mb"] = usage.by_pid.get(pid) if usage is not None and pid else None
+    body["gpus"] = gpus.describe(usage)
 
 
 def _shadow_of(route: Route) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
-from tidal.gateway import admin, rollout_api, shadow_api, traffic_api
+from tidal.gateway import admin, jobs_api, rollout_api, shadow_api, traffic_api
 from tidal.gateway.asgi import Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
@@ -49,6 +49,7 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.include_router(traffic_api.router)
     app.include_router(shadow_api.router)
     app.include_router(rollout_api.router)
+    app.include_router(jobs_api.router)
 
     @app.exception_handler(admin.ApiError)
     async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:
@@ -104,6 +105,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {"description": "the function's return value"},
+                    "202": {
+                        "description": "with `Prefer: respond-async` (or `?mode=async`): queued as a job; "
+                        "`{job_id, status_url, state}` and `Location: /v1/jobs/{id}`. Optional headers: "
+                        "`Idempotency-Key`, `X-Callback-Url`."
+                    },
                     **{
                         str(code): error
                         for code in sorted({meaning.http_status for meaning in OUTCOMES.values()})
@@ -125,8 +131,9 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.platform = Platform(config)
         self.invoke = HttpInvoke(
-            self.platform.invoker, self.platform.keys, config.max_body_bytes, self.platform.sticky_fields.get
-        )
+            self.platform.invoker, self.platform.keys, config.max_body_bytes, self.platform.sticky_fields.get,
+            jobs_api.AsyncIntake(self.platform.jobs, self.platform.router),
+        )  # fmt: skip
         self.admin = build_admin_app(self.platform)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

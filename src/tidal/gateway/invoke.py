@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -33,6 +34,9 @@ from tidal.invoke.core import Invoker
 from tidal.invoke.outcome import Outcome, OutcomeKind, Stream
 from tidal.invoke.request import InvocationRequest, RequestContext, Trigger
 from tidal.runtime.codec import is_raw
+
+if TYPE_CHECKING:
+    from tidal.gateway.jobs_api import AsyncIntake
 
 log = logging.getLogger("tidal.gateway")
 
@@ -77,11 +81,13 @@ class HttpInvoke:
         keys: KeyRing,
         max_body: int,
         sticky_field: Callable[[str], str | None] = no_sticky_field,
+        jobs: AsyncIntake | None = None,
     ) -> None:
         self.invoker = invoker
         self.keys = keys
         self.max_body = max_body
         self.sticky_field = sticky_field  # function -> its spec's `sticky_key` (a JSON field), or None
+        self.jobs = jobs  # `Prefer: respond-async` / `?mode=async`: stored as a job, answered 202
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -136,6 +142,8 @@ class HttpInvoke:
         request = InvocationRequest(
             name, body, content_type, caller, Trigger.HTTP, context, None, received_at
         )
+        if self.jobs is not None and self.jobs.wanted(headers, context.query):
+            return await self.jobs.submit(send, scope, request, headers)
         outcome = await self.invoker.invoke(request)
         if outcome.stream is not None:
             return await stream(

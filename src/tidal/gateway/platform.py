@@ -25,6 +25,8 @@ from tidal.environments.builder import EnvironmentBuilder
 from tidal.gateway.state_dir import prepare_state_dir
 from tidal.gateway.supervisor import Supervisor
 from tidal.invoke.core import Invoker
+from tidal.jobs.dispatcher import attributed
+from tidal.jobs.service import JobService
 from tidal.metering.recorder import ActivationRecorder
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION_S, Retention, RetentionPolicy
 from tidal.rollout.controller import RolloutController
@@ -97,7 +99,8 @@ class Platform:
         self.autoscaler = Autoscaler(lambda: self.router.pools(), config.autoscale_tick_s, self._record_event)
         self.router = Router(self.backend, on_demand=self.autoscaler.poke)
         self.recorder = ActivationRecorder(self.store)
-        self.invoker = Invoker(self.router, self.recorder.record, self.recorder.reject)
+        # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
+        self.invoker = Invoker(self.router, attributed(self.recorder.record), self.recorder.reject)
         self.shadow_recorder = ShadowRecorder(self.store)
         self.invoker.mirror = self.mirror = Mirror(self.invoker, self.shadow_recorder)
         self.environments = EnvironmentBuilder(state_dir / "envs", state_dir / "cache" / "uv")
@@ -118,9 +121,15 @@ class Platform:
         # Canary rollouts: judged on the store's activations, applied through publish (tidal.rollout).
         self.rollouts = RolloutController(self.store, self.publish, self.recorder.flush)
         self.supervisor.add("rollouts", self.rollouts.run)
+        # Async jobs: the dispatcher runs due jobs through the invoker; callbacks go out on their own.
+        # This gateway holds the state dir's lock, so jobs left running by an earlier one are orphans.
+        self.jobs = JobService(self.store, self.invoker, sole_gateway=True)
+        self.supervisor.add("job-dispatcher", self.jobs.dispatcher.run)
+        self.supervisor.add("job-callbacks", self.jobs.callbacks.run)
         # Function -> the JSON field whose value is its sticky key (spec `sticky_key`), read by the
         # HTTP adapter only when a split has to be drawn.
         self.sticky_fields: dict[str, str] = {}
+        self.function_settings: dict[str, dict[str, object]] = {}  # function-level spec fields, as stored
         self._event_writes: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[Any]] = set()  # background work of admin calls (code removal)
 
@@ -129,6 +138,7 @@ class Platform:
         self.supervisor.start()
         for name in await asyncio.to_thread(self.store.function_names):
             await self.publish(name)
+        self.jobs.ready()  # queued jobs find their functions served from here on
         self.remove_unused_code_later()  # left by failed deploys, or by removals of earlier releases
         for path in self.config.deploy_paths:
             options = DeployOptions(source=path.name)
@@ -167,6 +177,8 @@ class Platform:
             self.sticky_fields[function] = sticky_field
         else:
             self.sticky_fields.pop(function, None)
+        self.jobs.configure(function, record.settings)  # retries, max_event_age, destinations
+        self.function_settings[function] = dict(record.settings)  # what `tidal status` shows
         shadow = await self._shadow_serving(function)
         return self.router.serve(function, bool(record.settings.get("public", False)), serving, shadow)
 
@@ -231,6 +243,7 @@ class Platform:
     async def stop(self) -> None:
         """Stop in order: no new scaling, drain the instances, then write the last activations."""
         await self.supervisor.stop()
+        await self.jobs.close()  # attempts in flight get a few seconds to end (else: retried after restart)
         await self.router.close()
         await self.mirror.close()  # copies end with their drained pools: their records are written next
         await self.backend.close()

@@ -1,8 +1,8 @@
 """Records do not pile up: what is older than the retention goes, and activations past a row cap.
 
 Defaults (``tidal up --activation-retention 7d --activation-max-rows 1000000``): activations,
-scaling events, rejection counts, shadow results (and their skip counts) and instance/template log
-files older than 7 days are deleted,
+scaling events, rejection counts, shadow results (and their skip counts), jobs that finished
+(succeeded, failed, dead or cancelled) and instance/template log files older than 7 days are deleted,
 and activations beyond the newest 1,000,000 too (0 turns either limit off). ``plan_sweep`` is the
 decision, a function of the policy and the clock; ``Retention`` is the loop around it: a sweep a
 minute, 2,000 rows a batch, each batch one short transaction in a thread, so neither the event
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tidal.store.protocols import ActivationStore, ScalingEventStore, ShadowStore
+from tidal.store.protocols import ActivationStore, JobStore, ScalingEventStore, ShadowStore
 
 log = logging.getLogger("tidal.metering")
 
@@ -35,7 +35,7 @@ BATCH_ROWS = 2_000
 BATCH_PAUSE_S = 0.01  # between batches: the activation writer gets the database in between
 
 
-class RecordStore(ActivationStore, ScalingEventStore, ShadowStore, Protocol):
+class RecordStore(ActivationStore, ScalingEventStore, ShadowStore, JobStore, Protocol):
     """The part of the store that retention trims."""
 
 
@@ -110,6 +110,8 @@ class Retention:
             parts["scaling events"] = lambda: self.store.delete_scaling_events(plan.before, self.batch)
             parts["rejection counts"] = lambda: self.store.delete_rejections(plan.before, self.batch)
             parts["shadow results"] = lambda: self.store.delete_shadow_results(plan.before, self.batch)
+            # Finished jobs (dead ones too) by when they ended; their idempotency keys go with them.
+            parts["jobs"] = lambda: self.store.delete_jobs(plan.before, self.batch)
         deleted = {kind: await self._in_batches(kind, delete) for kind, delete in parts.items()}
         if plan.before > 0 and self.log_dirs:
             deleted["log files"] = await self._remove_logs(plan.before)

@@ -355,6 +355,8 @@ class RevisionPool:
             "queued": len(self.waiters),
             "panic": self.panic,
             "start_retry_in_s": round(max(0.0, self._retry_at - self.clock()), 1),
+            # The latest start's error until a start succeeds ("GpuUnavailable: no GPU has 0.5 free ...").
+            "start_error": str(self._last_failure) if self._last_failure is not None else None,
             "instances": [
                 {
                     "id": client.id,

@@ -48,17 +48,31 @@ class Target:
     is_async: bool
     is_stream: bool
     is_async_stream: bool
+    # The class's optional ``setup_instance()``: run once in each instance, after the fork (or after
+    # ``setup()`` in a fresh process), before it reports ready. GPU work belongs there: a template
+    # that touched CUDA cannot fork children that use it.
+    setup_instance: Callable[[], None] | None = None
 
 
 def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Target, Callable[[], None]]:
-    """Return the per-request target and the once-per-instance setup (a no-op for plain functions)."""
+    """Return the per-request target and its ``setup()`` (a no-op for plain functions).
+
+    ``setup()`` may run in the template (``load_once``); ``target.setup_instance`` always runs in
+    the instance itself (see ``tidal.runtime.worker.serve``).
+    """
     obj = getattr(module, attribute, None)
     if obj is None:
         raise LookupError(f"module {module.__name__!r} has no attribute {attribute!r}")
     setup: Callable[[], None] = lambda: None  # noqa: E731
+    setup_instance: Callable[[], None] | None = None
     if is_class:
         instance = obj()
         setup = getattr(instance, "setup", setup)
+        setup_instance = getattr(instance, "setup_instance", None)
+        if setup_instance is not None and not callable(setup_instance):
+            raise TypeError(
+                f"{attribute}.setup_instance must be a method, not {type(setup_instance).__name__}"
+            )
         call = instance.__call__ if callable(instance) else None
         if call is None:
             raise TypeError(f"class {attribute!r} must define __call__(self, payload)")
@@ -73,6 +87,7 @@ def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Ta
         is_async=inspect.iscoroutinefunction(function),
         is_stream=inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function),
         is_async_stream=inspect.isasyncgenfunction(function),
+        setup_instance=setup_instance,
     )
     return target, setup
 

@@ -17,6 +17,15 @@ would deadlock the child: torch's OpenMP pool above all. The template therefore 
 OMP_NUM_THREADS=MKL_NUM_THREADS=1 (and refuses to serve when user code raised torch's thread
 count); each child restores the instance's environment and raises torch's threads to its cpu.
 
+GPUs: a forked child can use CUDA only if the template never initialised it (measured on an
+H200: a template that ran one forward, or a plain ``torch.cuda.is_available()``, gives every child
+``CUDA error: initialization error``). The template of a ``gpu > 0`` function therefore runs with
+PYTORCH_NVML_BASED_CUDA_CHECK=1 (``is_available()`` asks NVML, fork-safe), and checks
+``torch.cuda.is_initialized()`` once ready and before each fork: when set, it refuses for good
+(``TemplateFailed`` of type CudaInitialized, or a lasting ``ForkFailed``) and exits, and the
+backend starts that function's instances as fresh processes, showing why. Each child sets its own
+CUDA_VISIBLE_DEVICES first thing; the class's ``setup_instance()`` then moves the model to the GPU.
+
 The template dies with the gateway (PR_SET_PDEATHSIG) or when the backend closes the control
 socket; its children do not die with it: they are instances, and each exits when its gateway
 connection closes.
@@ -43,6 +52,15 @@ from tidal.runtime.loader import Target, build_target, import_entry
 # Set in the template's environment (never an instance's) so the pinned values and the marker
 # can be undone in each child; user code may look at TIDAL_TEMPLATE to tell where it runs.
 PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TIDAL_TEMPLATE": "1"}
+# Pinned too in the template of a gpu > 0 function: torch.cuda.is_available() then asks NVML
+# instead of initialising CUDA, so the common `"cuda" if is_available() else "cpu"` stays fork-safe.
+GPU_PINNED_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+CUDA_INITIALISED = "CudaInitialized"  # TemplateFailed.type: a lasting refusal (the code must change)
+CUDA_REFUSAL = (
+    "the template initialised CUDA during import or setup(), so forked instances could not use the"
+    " GPU; instances start as fresh processes (slow). Move GPU work (model.to('cuda'), warm-up"
+    " forwards) into setup_instance()"
+)
 MAX_MESSAGE = 1 << 20
 
 
@@ -52,7 +70,13 @@ class TemplateConfig(msgspec.Struct, frozen=True):
     attribute: str | None = None  # with load_once: the target built (and set up) in the template
     is_class: bool = False
     load_once: bool = False
-    restore_env: dict[str, str | None] = {}  # the instance's own values of the PINNED_ENV names
+    restore_env: dict[str, str | None] = {}  # the instance's own values of the pinned names
+    gpu: bool = False  # a gpu > 0 function: CUDA must stay uninitialised here (cuda_initialised)
+
+
+def pinned_env(gpu: bool) -> dict[str, str]:
+    """What the template runs with, undone in each child (``restore_env``)."""
+    return {**PINNED_ENV, **GPU_PINNED_ENV} if gpu else dict(PINNED_ENV)
 
 
 class Control(msgspec.Struct, frozen=True, tag_field="kind"):
@@ -90,6 +114,7 @@ class Forked(Control, tag="forked", frozen=True):
 class ForkFailed(Control, tag="fork_failed", frozen=True):
     id: int
     message: str
+    lasting: bool = False  # this template will never fork again (it exits): do not rebuild it soon
 
 
 class Exited(Control, tag="exited", frozen=True):
@@ -133,6 +158,19 @@ def preload(config: TemplateConfig) -> tuple[Target | None, float, float]:
     return target, import_ms, setup_ms
 
 
+def cuda_initialised() -> bool:
+    """Whether this process initialised CUDA: a fork from it then gives children a dead CUDA
+    context (``CUDA error: initialization error``). Only torch is checked, and only if imported.
+    """
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda.is_initialized())
+    except AttributeError:  # a torch-like module without torch.cuda: nothing CUDA ran through it
+        return False
+
+
 def check_torch_threads() -> None:
     """Refuse to be a template when user code gave torch more than one thread (OMP_NUM_THREADS=1 is ours).
 
@@ -152,6 +190,7 @@ class Template:
         self.control = control
         self.config = config
         self.target = target
+        self.refused = False  # set when it refused a fork for good (CUDA initialised)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -180,6 +219,8 @@ class Template:
                 if not data:
                     return  # the backend is gone or replaced us; our instances carry on
                 self.handle(data, fds)
+                if self.refused:
+                    return
 
     def handle(self, data: bytes, fds: list[int]) -> None:
         try:
@@ -204,6 +245,12 @@ class Template:
 
     def fork(self, request: Fork, listen_fd: int, log_fd: int) -> None:
         started = time.perf_counter()
+        if self.config.gpu and cuda_initialised():  # checked at ready too; user threads may run on
+            os.close(listen_fd)
+            os.close(log_fd)
+            self.send(ForkFailed(request.id, CUDA_REFUSAL, lasting=True))
+            self.refused = True  # it can never fork a GPU instance again: exit, the backend spawns them
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -236,6 +283,7 @@ class Template:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+            worker.show_only_gpus(request.config.visible_gpus)  # first: before torch is touched
             torch: Any = sys.modules.get("torch")
             if torch is not None:
                 torch.set_num_threads(max(1, int(request.cpu)))
@@ -298,6 +346,11 @@ def main() -> None:
         with contextlib.suppress(OSError):
             control.send(encode(TemplateFailed(type(exc).__name__, str(exc) or repr(exc))))
         sys.stderr.flush()
+        os._exit(1)
+    if config.gpu and cuda_initialised():  # its children could not use the GPU: let them spawn
+        print(f"tidal template: {CUDA_REFUSAL}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            control.send(encode(TemplateFailed(CUDA_INITIALISED, CUDA_REFUSAL)))
         os._exit(1)
     control.send(encode(TemplateReady(os.getpid(), import_ms, setup_ms, os_threads())))
     Template(control, config, target).loop()

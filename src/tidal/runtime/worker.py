@@ -63,6 +63,29 @@ class InstanceConfig(msgspec.Struct, frozen=True):
     timeout: float = 60.0
     concurrency: int = 1
     memory_mb: int = 512
+    # CUDA_VISIBLE_DEVICES of this instance: "0" or "0,1" (its GPUs), "" (none: gpu=0 on a GPU
+    # host), None (left alone: no GPUs here). Set before any user code runs in the instance.
+    visible_gpus: str | None = None
+
+
+def gpu_env(visible: str) -> dict[str, str]:
+    """The environment that shows a process only the GPUs ``visible`` ("0,1"; "" for none).
+
+    CUDA numbers GPUs fastest first unless told otherwise; PCI_BUS_ID order makes its indices the
+    ones nvidia-smi and NVML (which tidal places by) use.
+    """
+    return {
+        "CUDA_VISIBLE_DEVICES": visible,
+        "NVIDIA_VISIBLE_DEVICES": visible,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+
+
+def show_only_gpus(visible: str | None) -> None:
+    """Make the instance see only its GPUs. A forked child calls this before anything touches CUDA
+    (CUDA reads CUDA_VISIBLE_DEVICES when it initialises, which the template never did)."""
+    if visible is not None:
+        os.environ.update(gpu_env(visible))
 
 
 class Worker:
@@ -277,6 +300,10 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
             setup_started = time.perf_counter()
             setup()
             setup_ms = (time.perf_counter() - setup_started) * 1000
+        if target.setup_instance is not None:  # in this instance, whoever ran setup()
+            setup_started = time.perf_counter()
+            target.setup_instance()
+            setup_ms += (time.perf_counter() - setup_started) * 1000
     except BaseException as exc:
         traceback.print_exc()
         connection.setblocking(True)
@@ -292,6 +319,7 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
 def run(config: InstanceConfig, listener: socket.socket, preloaded: Target | None = None) -> NoReturn:
     """The rest of an instance's life, from a fresh process or a template's forked child; never returns."""
     listener.setblocking(False)
+    show_only_gpus(config.visible_gpus)  # a spawned instance got them at exec already; same values
     os.environ.update({"TIDAL_FUNCTION": config.function, "TIDAL_REVISION": config.revision})
     capture.install()
     try:

@@ -11,6 +11,20 @@ optional ``setup()`` runs before the instance reports ready (load the model ther
 
         def __call__(self, payload: dict) -> dict:
             return {"embeddings": self.model(payload["texts"])}
+
+An optional ``setup_instance()`` runs once in every instance, after ``setup()``, before it reports
+ready. With ``load_once=True`` ``setup()`` runs once in the warm template and instances are forked
+from it; ``setup_instance()`` still runs in each instance. GPU work goes there: a template that
+initialised CUDA cannot fork instances that use it. Load on the CPU in ``setup()``, move to the
+instance's GPU in ``setup_instance()``:
+
+    @tidal.function(gpu=1, load_once=True)
+    class Embed:
+        def setup(self) -> None:  # in the template: shared by every forked instance
+            self.model = load()  # on the CPU; no torch.cuda calls beyond is_available()
+
+        def setup_instance(self) -> None:  # in each instance: it sees only its own GPU
+            self.model.to("cuda")
 """
 
 from __future__ import annotations
@@ -48,6 +62,10 @@ SPEC_FIELDS: tuple[str, ...] = (
     "scale_to_zero_after",
     "max_queue",
     "load_once",
+    "retries",
+    "max_event_age",
+    "on_success",
+    "on_failure",
 )
 
 

@@ -270,6 +270,58 @@ def _shadows(connection: sqlite3.Connection) -> None:
     _execute_all(connection, SCHEMA_6)
 
 
+# -- 7: async jobs (tidal.jobs): the durable queue, and the job each activation was an attempt of ----
+
+SCHEMA_7 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    context TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    idempotency_key TEXT,
+    request_digest TEXT NOT NULL,
+    callback_url TEXT,
+    max_attempts INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    run_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    revision TEXT NOT NULL DEFAULT '',
+    result BLOB,
+    result_type TEXT NOT NULL DEFAULT '',
+    error_type TEXT NOT NULL DEFAULT '',
+    error_message TEXT NOT NULL DEFAULT '',
+    error_kind TEXT NOT NULL DEFAULT '',
+    activation TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    callback_state TEXT NOT NULL DEFAULT '',
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_at REAL NOT NULL DEFAULT 0,
+    callback_error TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (function, owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_due ON jobs (state, function, run_at);
+CREATE INDEX jobs_by_function ON jobs (function, created_at);
+CREATE INDEX jobs_by_created ON jobs (created_at);
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_callbacks_due ON jobs (callback_at) WHERE callback_state = 'pending';
+ALTER TABLE activations ADD COLUMN job TEXT NOT NULL DEFAULT '';
+CREATE INDEX activations_by_job ON activations (job) WHERE job != ''
+"""
+
+
+def _jobs(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_7)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -277,6 +329,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "the environment each revision runs in", _revision_environment),
     Migration(5, "canary rollouts and their decisions", _rollouts),
     Migration(6, "shadow traffic: candidates, compared copies, skip counts", _shadows),
+    Migration(7, "async jobs; the job of each activation", _jobs),
 )
 
 

@@ -90,6 +90,7 @@ class Activation(msgspec.Struct):
     logs: str = ""
     key_id: str = ""  # the caller's API key id; "" for a public call made without a key
     trigger: str = "http"  # what made the call: "http" (later also job, cron, bucket, queue)
+    job: str = ""  # the async job this call was an attempt of ("" for any other call)
 
 
 def revision_digest(
@@ -225,3 +226,51 @@ class ShadowResult(msgspec.Struct, frozen=True):
 
 
 SHADOW_SKIPS = ("dropped", "primary_failed", "streamed")  # sampled calls that were not compared
+
+
+# -- async jobs (tidal.jobs) -----------------------------------------------------------------------------
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
+FINAL_JOB_STATES = frozenset({"succeeded", "failed", "dead", "cancelled"})
+CALLBACK_STATES = ("", "pending", "delivered", "failed")  # "": the job has no callback URL
+
+
+class Job(msgspec.Struct):
+    """A durable async invocation and what became of it. Fields are the jobs table's columns.
+
+    ``attempts`` counts attempts started (a claim adds one); ``lease_until`` is when a running
+    attempt is presumed lost with its gateway. ``owner`` is the key id that submitted it ("" for
+    an anonymous call of a public function, "platform" for a destination's job).
+    """
+
+    id: str
+    function: str
+    state: str  # one of JOB_STATES
+    body: bytes
+    content_type: str
+    context: dict[str, object]  # routing and HTTP details: revision, sticky_key, headers, method, path, query
+    owner: str
+    scopes: list[str]  # the submitting key's scopes when it submitted (it runs with them)
+    idempotency_key: str | None
+    request_digest: str  # of the body and content type: a key reused for another request is refused
+    callback_url: str | None
+    max_attempts: int  # the function's `retries` + 1, when submitted
+    expires_at: float  # submitted + the function's `max_event_age`: no attempt starts later
+    created_at: float
+    run_at: float  # while queued: when the next attempt is due
+    attempts: int = 0
+    lease_until: float = 0.0
+    started_at: float | None = None  # the latest attempt's start
+    finished_at: float | None = None
+    revision: str = ""  # the revision of the latest attempt
+    result: bytes | None = None
+    result_type: str = ""  # the result's content type
+    error_type: str = ""
+    error_message: str = ""
+    error_kind: str = ""  # the outcome kind of the failed attempt (tidal.invoke.outcome.OutcomeKind)
+    activation: str = ""  # the latest attempt's activation id
+    source: str = ""  # the job whose destination (on_success/on_failure) this job is
+    callback_state: str = ""  # one of CALLBACK_STATES
+    callback_attempts: int = 0
+    callback_at: float = 0.0  # when the next delivery is due (while pending)
+    callback_error: str = ""

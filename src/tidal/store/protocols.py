@@ -13,6 +13,7 @@ from typing import Protocol
 from tidal.store.models import (
     Activation,
     FunctionRecord,
+    Job,
     KeyRecord,
     Revision,
     RevisionWindow,
@@ -217,7 +218,76 @@ class ShadowStore(Protocol):
         ...
 
 
-class Store(FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, Protocol):
+class JobStore(Protocol):
+    """Async jobs (tidal.jobs): a durable queue with leases, idempotency keys and dead letters.
+
+    The job dispatcher and the jobs API depend on this seam only: SQLite implements it
+    (sqlite_jobs.py); a Redis Streams queue (`tidal up --queue redis://...`) can implement it too.
+    Every change of a job's state is one atomic step; ``finish_attempt`` is fenced by the attempt
+    number, so an attempt presumed lost can never overwrite the state of the attempt after it.
+    """
+
+    def add_job(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job; (job, True). If the same owner already used ``job.idempotency_key``
+        for the same function, nothing is stored: (that job, False)."""
+        ...
+
+    def job(self, job_id: str) -> Job | None: ...
+
+    def jobs(self, function: str | None = None, state: str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs newest first, of one function and in one state if given."""
+        ...
+
+    def due_functions(self, now: float) -> list[str]:
+        """Functions with queued jobs due at ``now``, by name."""
+        ...
+
+    def claim_jobs(self, function: str, now: float, lease_until: float, limit: int) -> list[Job]:
+        """Up to ``limit`` of the function's due queued jobs, oldest due first, now running under a
+        lease until ``lease_until``: attempts + 1, started_at = ``now``, in one transaction."""
+        ...
+
+    def expired_leases(self, now: float, limit: int) -> list[Job]:
+        """Running jobs whose lease ended before ``now`` (their gateway stopped mid-attempt)."""
+        ...
+
+    def finish_attempt(self, job: Job, attempt: int, follow_up: Job | None = None) -> bool:
+        """Write ``job`` (its state after an attempt: queued again, or final) if it is still running
+        attempt number ``attempt``; with ``follow_up`` (a destination's job) added in the same
+        transaction. False if nothing was written (it was cancelled, or already recovered)."""
+        ...
+
+    def cancel_job(self, job_id: str, now: float) -> Job | None:
+        """Cancel the job if it is queued; the job as it is afterwards (None: no such job)."""
+        ...
+
+    def redrive_jobs(self, function: str, job_id: str | None, now: float, expires_at: float) -> list[str]:
+        """Queue the function's dead jobs again (or only ``job_id``, dead or failed) with attempts
+        reset and a new ``expires_at``; the ids requeued."""
+        ...
+
+    def claim_callbacks(self, now: float, lease_until: float, limit: int) -> list[Job]:
+        """Finished jobs whose callback is due at ``now``, due again at ``lease_until`` (should the
+        gateway stop while delivering)."""
+        ...
+
+    def save_callback(self, job_id: str, state: str, attempts: int, at: float, error: str) -> None:
+        """Record a delivery attempt: the callback's state, attempts, next due time and last error."""
+        ...
+
+    def job_activations(self, job_id: str) -> list[str]:
+        """The ids of the activations that were attempts of the job, oldest first."""
+        ...
+
+    def delete_jobs(self, before: float, batch: int) -> int:
+        """Delete at most ``batch`` of the finished jobs that finished before ``before`` (and whose
+        callback is not pending); how many went."""
+        ...
+
+
+class Store(
+    FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, JobStore, Protocol
+):
     """Everything the platform keeps."""
 
     def close(self) -> None: ...

@@ -7,7 +7,7 @@ a state dir written by a newer release is refused with StoreError.
 
 The connection is ``sqlite_base.SQLiteConnection``; functions, revisions, keys, activations and
 scaling events are here, and the later table groups each have a module of their own
-(``sqlite_rollouts.py``, ``sqlite_shadow.py``), joined by ``SQLiteStore``'s bases.
+(``sqlite_rollouts.py``, ``sqlite_shadow.py``, ``sqlite_jobs.py``), joined by ``SQLiteStore``'s bases.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tidal.store.sqlite_base import (
     traffic_by_function,
     write_traffic,
 )
+from tidal.store.sqlite_jobs import JobTables
 from tidal.store.sqlite_rollouts import RolloutTables
 from tidal.store.sqlite_shadow import ShadowTables
 
@@ -40,7 +41,7 @@ SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 SMALLEST_ROWID = -(2**63)
 
 
-class SQLiteStore(RolloutTables, ShadowTables):
+class SQLiteStore(RolloutTables, ShadowTables, JobTables):
     # -- functions and revisions ---------------------------------------------------------------
 
     def add_revision(
