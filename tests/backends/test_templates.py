@@ -286,7 +286,8 @@ async def test_a_fork_nobody_waits_for_is_stopped(backend: LocalBackend, tmp_pat
     code = write(tmp_path, "probe", PROBE)
     launch = make_launch("probe", "probe", code)
     await backend.prepare(launch)
-    template = backend._templates[TemplateKey.of(launch)]
+    template = backend._templates.get(TemplateKey.of(launch))
+    assert template is not None
     await template.wait_ready(30)
     stray = subprocess.Popen(["sleep", "30"])  # stands in for a child whose start was cancelled
     try:

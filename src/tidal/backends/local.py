@@ -12,9 +12,9 @@ An instance is started one of two ways (``InstanceHandle.extra["started_via"]``)
   when templates are off (``TIDAL_TEMPLATES=0``, ``use_templates=False``) or the template cannot
   be had (its import failed, it crashed, the fork failed); the reason is logged.
 
-A template is started on first use, or ahead of it by ``prepare()``, and replaced when it dies.
-One that forked no live instance and served no start for ``template_idle_s`` is stopped by
-``reap_templates`` (a supervised loop of the gateway); the next start builds it again.
+Templates are kept by ``template_registry.Templates``: started on first use, or ahead of it by
+``prepare()``, replaced when they die, and stopped by ``reap_templates`` (a supervised loop of the
+gateway) once unused for ``template_idle_s``; the next start builds one again.
 Spawned instances die with the gateway (PR_SET_PDEATHSIG); every instance also exits when its
 gateway connection closes, which is what ends forked ones (they do not die with their template).
 
@@ -38,7 +38,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,37 +52,21 @@ from tidal.backends.gpu_placement import GpuUnavailable
 from tidal.backends.gpus import GpuHost
 from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instance_env
 from tidal.backends.spawn import spawn_module
-from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail, reap_tick_s, should_reap
+from tidal.backends.template_registry import Templates
+from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.backends.watchdog import MemoryWatchdog
 from tidal.environments.runtime import Environments, Interpreter
-from tidal.runtime.template import TemplateReady
 from tidal.runtime.worker import InstanceConfig, gpu_env
 
 log = logging.getLogger("tidal.backends.local")
 
-TEMPLATE_READY_TIMEOUT_S = 300.0  # like a start: a model load may be slow
-TEMPLATE_RETRY_S = 60.0  # a template that failed to come up is not retried sooner (spawn meanwhile)
 STOP_AFTER_KILL_S = 10.0
 GPU_RELEASE_WAIT_S = 15.0  # a start waits this long for GPUs held by instances being stopped
 
 
 def templates_enabled_by_env() -> bool:
     return os.environ.get("TIDAL_TEMPLATES", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _log_ready(key: TemplateKey, ready: asyncio.Future[TemplateReady]) -> None:
-    if not ready.cancelled() and ready.exception() is None:
-        info = ready.result()
-        log.info(
-            "template %s for %s%s ready: import %.0f ms, setup %.0f ms, %d thread(s)",
-            info.pid,
-            key.module,
-            f".{key.attribute} (load_once)" if key.load_once else "",
-            info.import_ms,
-            info.setup_ms,
-            info.threads,
-        )
 
 
 @dataclass
@@ -93,14 +77,6 @@ class _Running:
     process: asyncio.subprocess.Process | None = None  # spawned: our child
     group: Group | None = None  # its control group: its limits, and every process it started
     stopping: bool = False  # asked to stop (scale-down, retirement): what it holds is about to free
-
-
-@dataclass
-class _Failure:
-    at: float
-    reason: str
-    warned: bool = False
-    lasting: bool = False  # not retried after TEMPLATE_RETRY_S: only new code can fix it
 
 
 class LocalBackend:
@@ -123,7 +99,6 @@ class LocalBackend:
         self.watchdog = MemoryWatchdog()  # memory limits where no control group enforces them
         self.gpus = GpuHost()  # which instance holds which GPU (or share of one)
         self.use_templates = use_templates and templates_enabled_by_env()
-        self.template_idle_s = template_idle_s  # an unused template is reaped after this long
         self.log_dir = state_dir / "logs" / "instances"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.template_log_dir = state_dir / "logs" / "templates"
@@ -137,65 +112,39 @@ class LocalBackend:
         self._running: dict[str, _Running] = {}
         self._callbacks: list[ExitCallback] = []
         self._watchers: set[asyncio.Task[Any]] = set()
-        self._templates: dict[TemplateKey, TemplateProcess] = {}
-        self._template_users: dict[TemplateKey, set[str]] = {}  # revision ids that asked for one
-        self._failures: dict[TemplateKey, _Failure] = {}
-        self._closed = False
+        self._templates = Templates(self._make_template, template_idle_s, self._template_died)
 
-    # -- templates --------------------------------------------------------------------------------
+    # -- templates (template_registry.Templates keeps them) -------------------------------------
 
     async def prepare(self, launch: InstanceSpec) -> None:
         """Start the revision's template in the background, so its first cold start is a fork."""
-        if not self.use_templates or self._closed:
-            return
-        key = TemplateKey.of(launch)
-        self._template_users.setdefault(key, set()).add(launch.revision.id)
-        if key in self._templates:
-            self._templates[key].touch()  # a new revision of the same code: used again
-        elif not self._recently_failed(key):
-            with contextlib.suppress(TemplateUnavailable):
-                await self._launch_template(key, launch.spec.memory)
+        if self.use_templates:
+            await self._templates.prepare(launch)
 
     async def release(self, launch: InstanceSpec) -> None:
         """The revision is retired: stop its template unless another live revision shares it."""
-        key = TemplateKey.of(launch)
-        users = self._template_users.get(key, set())
-        users.discard(launch.revision.id)
-        if users:
-            return
-        self._template_users.pop(key, None)
-        template = self._templates.pop(key, None)
-        if template is not None:
-            await template.close()
+        await self._templates.release(launch)
 
     def templates(self) -> list[dict[str, object]]:
         """What each live template is: pid, state, module, import/setup ms, forks, live instances,
         memory (RSS, PSS), idle seconds, and the revisions that use it.
         """
-        return [self._describe(template) for template in self._templates.values()]
+        return self._templates.describe_all()
 
     def template_of(self, launch: InstanceSpec) -> dict[str, object] | None:
-        """The template ``launch``'s instances fork from now; its failure ({"state": "failed",
-        "error", "lasting"}) while instances spawn instead; None (none kept: reaped, off).
-        """
-        key = TemplateKey.of(launch)
-        template = self._templates.get(key)
-        if template is not None:
-            return self._describe(template)
-        failure = self._failures.get(key)
-        if failure is not None and self._recently_failed(key):
-            return {"state": "failed", "error": failure.reason, "lasting": failure.lasting}
-        return None
+        """The template ``launch``'s instances fork from now, its failure while they spawn, or None."""
+        return self._templates.describe(launch)
 
-    def _describe(self, template: TemplateProcess) -> dict[str, object]:
-        users = sorted(self._template_users.get(template.key, ()))
-        return {**template.info(), "revisions": users, "idle_limit_s": self.template_idle_s}
+    async def reap_templates(self, now: float | None = None) -> int:
+        """Stop the templates idle past ``template_idle_s``; how many (``Templates.reap``)."""
+        return await self._templates.reap(now)
 
-    def _recently_failed(self, key: TemplateKey) -> bool:
-        failure = self._failures.get(key)
-        return failure is not None and (failure.lasting or time.monotonic() - failure.at < TEMPLATE_RETRY_S)
+    async def reap_templates_forever(self) -> None:
+        await self._templates.reap_forever()
 
-    async def _launch_template(self, key: TemplateKey, memory_mb: int) -> TemplateProcess:
+    def _make_template(
+        self, key: TemplateKey, memory_mb: int, on_death: Callable[[TemplateProcess], None]
+    ) -> TemplateProcess:
         name = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
         log_path = self.template_log_dir / f"{Path(key.code_dir).name[:16]}-{key.module}-{name}.log"
         interpreter = self._interpreter(key.environment, dict(key.env))
@@ -204,104 +153,11 @@ class LocalBackend:
         # The template holds what instances share (the imported modules, with load_once the model).
         group = self._group(f"template-{name}", Limits(memory_mb, 1.0))
         extra_env = {**interpreter.env, **self.gpus.template_env(key.gpu)}
-        template = TemplateProcess(
-            key, interpreter.python, log_path, self._template_died, sandbox, group, extra_env
-        )
-        self._templates[key] = template
-        template.ready.add_done_callback(lambda ready: _log_ready(key, ready))
-        try:
-            await template.launch()
-        except OSError as exc:
-            self._templates.pop(key, None)
-            self._template_failed(key, f"could not start the template: {exc}")
-            raise TemplateUnavailable(str(exc)) from None
-        return template
-
-    async def _template(self, launch: InstanceSpec) -> TemplateProcess:
-        """The revision's ready template (started now if need be), or TemplateUnavailable."""
-        key = TemplateKey.of(launch)
-        self._template_users.setdefault(key, set()).add(launch.revision.id)
-        template = self._templates.get(key)
-        if template is None:
-            failure = self._failures.get(key)
-            if failure is not None and self._recently_failed(key):
-                raise TemplateUnavailable(failure.reason)
-            template = await self._launch_template(key, launch.spec.memory)
-        # In use from here to the fork (a pending fork counts as a live instance), so a reaper tick
-        # that falls inside wait_ready's yield does not stop the template this start just picked.
-        template.touch()
-        try:
-            await template.wait_ready(TEMPLATE_READY_TIMEOUT_S)
-        except TemplateUnavailable as exc:
-            self._template_failed(key, str(exc), exc.lasting)
-            raise
-        self._failures.pop(key, None)
-        template.touch()  # a slow build is over: the caller forks next, with no await in between
-        return template
-
-    def _template_failed(self, key: TemplateKey, reason: str, lasting: bool = False) -> None:
-        if key not in self._failures or self._failures[key].reason != reason:
-            log.warning("template for %s (%s) failed: %s", key.module, key.code_dir, reason)
-        self._failures[key] = _Failure(time.monotonic(), reason, lasting=lasting)
+        return TemplateProcess(key, interpreter.python, log_path, on_death, sandbox, group, extra_env)
 
     def _template_died(self, template: TemplateProcess) -> None:
         if template.pid is not None:
             self.cradles.drop(template.pid)
-        if self._templates.get(template.key) is template:
-            del self._templates[template.key]
-        if template.closing or self._closed:
-            return
-        failure = self._failures.get(template.key)
-        if failure is not None and failure.lasting:
-            return  # it refused for good and exited (a GPU function's template that touched CUDA)
-        if template.ready.done() and not template.ready.exception():
-            log.warning(
-                "template %s for %s exited with code %s; the next start builds a new one (log: %s)",
-                template.pid,
-                template.key.module,
-                template.exit_code,
-                template.log_path,
-            )
-        else:
-            error = template.ready.exception()
-            lasting = isinstance(error, TemplateUnavailable) and error.lasting
-            self._template_failed(template.key, str(error), lasting)
-
-    async def reap_templates(self, now: float | None = None) -> int:
-        """Stop every ready template that forked no live instance and served no start for
-        ``template_idle_s`` (``should_reap``); how many were stopped. ``now``: monotonic seconds.
-
-        One still building is kept (a start may be waiting for it), and so is one whose instances
-        live: they are its children. The key stays with its revisions, so the next start builds it
-        again. A template that fails to stop is logged; the others are still reaped.
-        """
-        now = time.monotonic() if now is None else now
-        idle = [
-            template
-            for template in self._templates.values()
-            if template.built_at is not None
-            and should_reap(now, template.last_used, template.live_instances, self.template_idle_s)
-        ]
-        for template in idle:
-            del self._templates[template.key]  # from here on a start builds a new one
-        await asyncio.gather(*(self._reap(template, now - template.last_used) for template in idle))
-        return len(idle)
-
-    async def _reap(self, template: TemplateProcess, idle_s: float) -> None:
-        rss_mb = template.info()["rss_mb"]
-        try:
-            await template.close()
-        except Exception:
-            log.exception("template %s for %s did not stop cleanly", template.pid, template.key.module)
-            return
-        log.info("template %s for %s reaped after %.0f s unused (%s MB RSS freed)",
-                 template.pid, template.key.module, idle_s, rss_mb)  # fmt: skip
-
-    async def reap_templates_forever(self) -> None:
-        """The gateway's template-reaper loop: ``reap_templates`` every ``reap_tick_s`` seconds."""
-        while True:
-            await asyncio.sleep(reap_tick_s(self.template_idle_s))
-            await self.reap_templates()
 
     # -- instances --------------------------------------------------------------------------------
 
@@ -416,19 +272,14 @@ class LocalBackend:
         limits: Limits,
     ) -> _Running | None:
         try:
-            template = await self._template(launch)
+            template = await self._templates.ready_for(launch)
             assert template.pid is not None
             cradle = self.cradles.take(template.pid, limits)  # the child is born in it: no move
             pid, fork_ms, exited = await template.fork(
                 config, listener, handle.log_path or "/dev/null", launch.spec.cpu
             )
         except TemplateUnavailable as exc:
-            failure = self._failures.get(TemplateKey.of(launch))
-            quiet = failure is not None and failure.warned  # one warning per template failure
-            if failure is not None:
-                failure.warned = True
-            if exc.lasting:
-                self._template_failed(TemplateKey.of(launch), str(exc), lasting=True)
+            quiet = self._templates.note_fallback(launch, exc)  # one warning per template failure
             level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "instance of %s starts as a fresh process: %s", launch.revision.id, exc)
             handle.extra["template_error"] = str(exc)[:500]
@@ -543,11 +394,9 @@ class LocalBackend:
         self._callbacks.append(callback)
 
     async def close(self) -> None:
-        self._closed = True
+        self._templates.closed = True
         await asyncio.gather(*(self.stop(handle, grace_s=2.0) for handle in self.instances()))
-        templates = list(self._templates.values())
-        self._templates.clear()
-        await asyncio.gather(*(template.close() for template in templates), return_exceptions=True)
+        await self._templates.close()
         for watcher in list(self._watchers):
             watcher.cancel()
         with contextlib.suppress(OSError):
