@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+# The real Redis / NATS that some tests need: found running or started, never skipped.
+from services import nats_url, redis_url  # noqa: F401
 from tidal.store import Activation, SQLiteStore
 
 VENV_BIN = Path(sys.executable).parent

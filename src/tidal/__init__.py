@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tidal.sdk import Context, InputError, function
+from tidal.sdk import Batch, Context, InputError, ItemError, bucket, cron, function, queue
 
 if TYPE_CHECKING:
     from tidal.remote import (
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthError",
+    "Batch",
     "Cancelled",
     "Context",
     "Function",
@@ -39,13 +40,26 @@ __all__ = [
     "InputError",
     "InstanceError",
     "InvalidInput",
+    "ItemError",
     "Job",
     "NotFoundError",
     "Overloaded",
     "RemoteError",
+    "bucket",
+    "cron",
     "function",
+    "queue",
 ]
-_REMOTE_NAMES = frozenset(__all__) - {"Context", "InputError", "function"}
+_REMOTE_NAMES = frozenset(__all__) - {
+    "Batch",
+    "Context",
+    "InputError",
+    "ItemError",
+    "bucket",
+    "cron",
+    "function",
+    "queue",
+}
 
 
 def __getattr__(name: str) -> Any:

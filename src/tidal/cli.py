@@ -96,6 +96,9 @@ def up(
     activation_max_rows: Annotated[
         int, typer.Option(min=0, help="keep at most this many activations, the newest (0: no limit)")
     ] = DEFAULT_MAX_ROWS,
+    buckets_dir: Annotated[
+        Path | None, typer.Option(help="local-folder buckets live here (default STATE_DIR/buckets)")
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Run the gateway in the foreground (functions deployed earlier come back)."""
@@ -125,6 +128,7 @@ def up(
                 insecure_no_sandbox=insecure_no_sandbox,
                 activation_retention_s=retention_s or 0.0,
                 activation_max_rows=activation_max_rows,
+                buckets_dir=buckets_dir,
             )
         )
     except (StateDirBusy, StoreError) as exc:
@@ -458,7 +462,15 @@ def _time(epoch: float) -> str:
 
 
 # Commands kept in modules of their own register on ``app`` when imported.
-from tidal import cli_deploy, cli_jobs, cli_rollout, cli_shadow, cli_traffic  # noqa: E402, F401
+from tidal import (  # noqa: E402, F401
+    cli_buckets,
+    cli_deploy,
+    cli_jobs,
+    cli_rollout,
+    cli_shadow,
+    cli_traffic,
+    cli_triggers,
+)
 
 if __name__ == "__main__":
     app()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from rich.markup import escape
 
@@ -47,8 +49,13 @@ def spec_flag_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
     elif typing.get_origin(option_type) is dict:
         option_type, metavar = list[str], "KEY=VALUE"
         help_text += "; repeatable"
+    elif typing.get_origin(option_type) is list:  # triggers: a JSON list, checked by the spec
+        option_type, metavar = str, "JSON"
     elif typing.get_origin(option_type) in (types.UnionType, typing.Union):  # float | None
         (option_type,) = [arg for arg in typing.get_args(option_type) if arg is not type(None)]
+    if isinstance(option_type, type) and issubclass(option_type, BaseModel):  # batch: text the spec parses
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        option_type, metavar = str, cast(str | None, extra.get("flag_metavar"))
     option = typer.Option(*decls, help=help_text, metavar=metavar, show_default=False)
     annotation = cast(Any, Annotated)[option_type | None, option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
@@ -79,10 +86,25 @@ def spec_overrides(flags: dict[str, Any]) -> dict[str, Any]:
             continue
         if name in DURATION_FIELDS:
             value = seconds(value, spec_flag(name))
+        elif name in JSON_FLAGS:
+            value = json_flag(value, spec_flag(name))
         elif isinstance(value, list):  # a dict field given as KEY=VALUE ... (env)
             value = key_values(value, spec_flag(name))
         overrides[name] = value
     return overrides
+
+
+JSON_FLAGS = frozenset(
+    name for name, field in FunctionSpec.model_fields.items() if typing.get_origin(field.annotation) is list
+)
+
+
+def json_flag(text: str, flag: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{flag} takes JSON: {exc}")
+        raise AssertionError from None  # fail() exits
 
 
 def key_values(items: list[str], flag: str) -> dict[str, str]:

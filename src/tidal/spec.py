@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -112,12 +113,65 @@ def _gpu_as_written(value: float) -> float | int:
 GpuCount = Annotated[float, AfterValidator(_gpu_count), PlainSerializer(_gpu_as_written)]
 
 
+BATCH_KEYS = {"max_size": "max_size", "size": "max_size", "max_wait": "max_wait_ms", "max_wait_ms": "max_wait_ms",
+              "target_p99": "target_p99_ms", "target_p99_ms": "target_p99_ms"}  # fmt: skip
+
+
+def _batch_input(value: Any) -> Any:
+    """``tidal.Batch(...)``, a mapping, or the flag's text: ``32`` or ``max_size=32,max_wait=10ms,target_p99=50ms``.
+
+    In the text, ``max_wait``/``target_p99`` take durations (``10ms``, ``0.05s``; a bare number is
+    milliseconds, as in ``max_wait_ms``).
+
+    >>> _batch_input("16,max_wait=5ms")
+    {'max_size': '16', 'max_wait_ms': 5.0}
+    """
+    if hasattr(value, "as_spec"):  # tidal.Batch (the SDK's dataclass)
+        return value.as_spec()
+    if not isinstance(value, str):
+        return value
+    parsed: dict[str, Any] = {}
+    for position, part in enumerate(piece.strip() for piece in value.split(",") if piece.strip()):
+        key, sep, text = part.partition("=")
+        if not sep and position == 0:
+            key, text = "max_size", part
+        if key.strip() not in BATCH_KEYS:
+            raise ValueError(f"unknown batch setting {key.strip()!r}; known: max_size, max_wait, target_p99")
+        name = BATCH_KEYS[key.strip()]
+        if name == "max_size":
+            parsed[name] = text.strip()
+        else:
+            bare = text.strip().replace(".", "", 1).isdigit()
+            parsed[name] = float(text) if bare else parse_duration(text) * 1000
+    return parsed
+
+
+class BatchSpec(BaseModel):
+    """Batching inside an instance: concurrent requests gathered into one call of a list-taking function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_size: int = Field(32, ge=1, le=500, description="most items in one call")
+    max_wait_ms: float = Field(
+        10.0, ge=0, le=10_000, description="longest wait of a batch's first request for company (ms)"
+    )
+    target_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        le=600_000,
+        description="adaptive mode: choose each wait from the measured call time to keep latency within this (ms)",
+    )
+
+
 class Style(StrEnum):
     """How the gateway hands a request to user code."""
 
     NATIVE = "native"  # tidal function: gets the decoded body (and optionally a Context)
     LAMBDA = "lambda"  # AWS Lambda handler(event, context): the JSON body is the event
     LAMBDA_HTTP = "lambda-http"  # handler gets an API Gateway v2 event, returns {statusCode, ...}
+
+
+_REVISION_DEFAULTS: dict[str, Any] = {}  # filled once by FunctionSpec.revision_defaults()
 
 
 class FunctionSpec(BaseModel):
@@ -237,6 +291,17 @@ class FunctionSpec(BaseModel):
         description="run `setup()` in the warm template, so instances fork with the model loaded",
         json_schema_extra=REVISION,
     )
+    batch: Annotated[BatchSpec | None, BeforeValidator(_batch_input)] = Field(
+        None,
+        description="gather concurrent requests into one call of a function that takes a list and returns"
+        " a list: `{max_size, max_wait_ms, target_p99_ms}` (`tidal.Batch(...)`; flag: `32,max_wait=10ms`);"
+        " `concurrency` then defaults to 2 x `max_size` and may not be below it",
+        json_schema_extra={
+            **REVISION,
+            "default_text": "none",
+            "flag_metavar": "SIZE[,max_wait=DUR][,target_p99=DUR]",
+        },
+    )
     # -- async jobs (tidal.jobs): what happens to a job whose attempt failed, and after it ends --
     retries: int = Field(
         2,
@@ -264,6 +329,14 @@ class FunctionSpec(BaseModel):
         description="async jobs: a function invoked (as a job) with the record of each job that failed or went dead",
         json_schema_extra={**FUNCTION, "default_text": "none"},
     )
+    # -- event triggers (tidal.triggers): cron schedules, bucket objects, queue messages --
+    triggers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="event triggers, each a job of this function per event: `tidal.cron(...)`, `tidal.bucket(...)`,"
+        " `tidal.queue(...)` (flag: a JSON list; see Event triggers)",
+        json_schema_extra={**FUNCTION, "default_text": "`[]`", "flag_metavar": "JSON"},
+    )
 
     @field_validator("name")
     @classmethod
@@ -275,6 +348,19 @@ class FunctionSpec(BaseModel):
             )
         return value
 
+    @field_validator("triggers")
+    @classmethod
+    def _triggers_are_valid(cls, value: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        from tidal.triggers.model import TriggerError, check_trigger  # croniter: loaded when a spec has one
+
+        checked = []
+        for index, raw in enumerate(value):
+            try:
+                checked.append(check_trigger(raw, str(info.data.get("name", ""))))
+            except TriggerError as exc:
+                raise ValueError(f"triggers[{index}]: {exc}") from None
+        return checked
+
     @field_validator("env")
     @classmethod
     def _env_keys_are_identifiers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -282,6 +368,19 @@ class FunctionSpec(BaseModel):
         if bad:
             raise ValueError(f"invalid environment variable name(s): {', '.join(sorted(bad))}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_fills_an_instance(cls, raw: Any) -> Any:
+        """A batched function left at the default concurrency admits 2 x max_size requests: one batch
+        running, the next one gathering (``max_size=32`` -> ``concurrency=64``, capped at 1000)."""
+        if not isinstance(raw, dict) or raw.get("batch") is None or raw.get("concurrency") is not None:
+            return raw
+        try:
+            size = BatchSpec.model_validate(_batch_input(raw["batch"])).max_size
+        except (ValueError, TypeError):
+            return raw  # the batch field's own validation names the problem
+        return {**raw, "concurrency": min(1000, 2 * size)}
 
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> FunctionSpec:
@@ -292,6 +391,11 @@ class FunctionSpec(BaseModel):
         if self.panic_window > self.stable_window:
             raise ValueError(
                 f"panic_window ({self.panic_window:g}) is longer than stable_window ({self.stable_window:g})"
+            )
+        if self.batch is not None and self.concurrency < self.batch.max_size:
+            raise ValueError(
+                f"concurrency ({self.concurrency}) is below batch.max_size ({self.batch.max_size}): an instance"
+                " could never fill a batch; raise it or leave it out (it then becomes 2 x max_size)"
             )
         if self.target_concurrency is not None and self.target_concurrency > self.concurrency:
             raise ValueError(
@@ -318,11 +422,21 @@ class FunctionSpec(BaseModel):
         """
         return self.model_dump(mode="json", exclude=set(FUNCTION_LEVEL_FIELDS))
 
+    @staticmethod
+    def revision_defaults() -> dict[str, Any]:
+        """Every revision-level field's default, as stored (JSON): a revision's identity leaves out
+        fields at their default, so a field added in a later release changes no stored revision.
+        """
+        if not _REVISION_DEFAULTS:
+            _REVISION_DEFAULTS.update(FunctionSpec(name="defaults").revision_fields())
+            del _REVISION_DEFAULTS["name"]
+        return _REVISION_DEFAULTS
+
     def function_settings(self) -> dict[str, Any]:
         """The function-level fields only: they apply to every revision, and change none.
 
         >>> sorted(FunctionSpec(name="x", public=True).function_settings())
-        ['max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key']
+        ['max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key', 'triggers']
         """
         return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
 

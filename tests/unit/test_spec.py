@@ -8,6 +8,7 @@ from tidal.spec import (
     parse_duration,
     validate_spec,
 )
+from tidal.store.models import revision_digest
 
 
 def test_defaults_a_user_expects() -> None:
@@ -100,13 +101,13 @@ def test_a_bad_duration_in_a_spec_names_the_field(value: object, message: str) -
 
 def test_public_is_function_level_and_makes_no_new_revision() -> None:
     assert sorted(FUNCTION_LEVEL_FIELDS) == [
-        "max_event_age", "on_failure", "on_success", "public", "retries", "sticky_key"
+        "max_event_age", "on_failure", "on_success", "public", "retries", "sticky_key", "triggers"
     ]  # fmt: skip
     private = validate_spec({"name": "x", "memory": 1024, "timeout": "30s"})
     public = validate_spec({"name": "x", "memory": 1024, "timeout": "30s", "public": True})
     assert private.revision_fields() == public.revision_fields()  # same digest: no new revision
     assert "public" not in public.revision_fields()
-    jobs = {"retries": 2, "max_event_age": 21600.0, "on_success": None, "on_failure": None}
+    jobs = {"retries": 2, "max_event_age": 21600.0, "on_success": None, "on_failure": None, "triggers": []}
     assert (private.function_settings(), public.function_settings()) == (
         {"public": False, "sticky_key": None, **jobs},
         {"public": True, "sticky_key": None, **jobs},
@@ -119,3 +120,16 @@ def test_the_two_halves_make_the_whole_spec() -> None:
     whole = {**spec.revision_fields(), **spec.function_settings()}
     assert whole == spec.model_dump(mode="json")
     assert validate_spec(whole) == spec  # a stored revision + function settings revalidate to the same spec
+
+
+def test_a_field_at_its_default_leaves_the_revision_digest_alone() -> None:
+    """A release that adds a field (with a default) must not make a new revision of unchanged code."""
+    older = {"name": "x", "memory": 256}  # as a revision stored before `batch` and `gpu` existed
+    newer = validate_spec(older).revision_fields()  # every field, at its default where not given
+    assert revision_digest("c", "m", "f", False, "native", older) == revision_digest(
+        "c", "m", "f", False, "native", newer
+    )
+    batched = validate_spec({**older, "batch": {"max_size": 8}}).revision_fields()
+    assert revision_digest("c", "m", "f", False, "native", batched) != revision_digest(
+        "c", "m", "f", False, "native", newer
+    )

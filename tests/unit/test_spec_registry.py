@@ -44,10 +44,12 @@ SAMPLE: dict[str, Any] = {
     "scale_to_zero_after": "5m",
     "max_queue": 10,
     "load_once": True,
+    "batch": {"max_size": 8, "max_wait_ms": 5, "target_p99_ms": 50},
     "retries": 3,
     "max_event_age": "1h",
     "on_success": "notify",
     "on_failure": "alert",
+    "triggers": [{"kind": "cron", "schedule": "*/5 * * * *", "tz": "Europe/Paris"}],
 }
 
 

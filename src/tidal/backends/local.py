@@ -57,6 +57,7 @@ from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_de
 from tidal.backends.templates import TemplateKey, TemplateProcess, TemplateUnavailable
 from tidal.backends.watchdog import MemoryWatchdog
 from tidal.environments.runtime import Environments, Interpreter
+from tidal.runtime.batching import BatchConfig
 from tidal.runtime.worker import InstanceConfig, gpu_env
 
 log = logging.getLogger("tidal.backends.local")
@@ -219,6 +220,7 @@ class LocalBackend:
             concurrency=spec.concurrency,
             memory_mb=spec.memory,
             visible_gpus=visible_gpus,
+            batch=BatchConfig(**spec.batch.model_dump()) if spec.batch is not None else None,
         )
         handle = InstanceHandle(
             id=instance_id,

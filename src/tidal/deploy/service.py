@@ -187,6 +187,13 @@ class Deployer:
                     spec = validate_spec(spec_input)
                 except SpecError as exc:
                     raise DeployError(f"function {spec_input['name']!r}: {exc}") from None
+                if spec.batch is not None and (item.get("is_stream") or style is not Style.NATIVE):
+                    streams = item.get("is_stream")
+                    why = "a streaming (generator) function" if streams else f"style {style.value!r}"
+                    raise DeployError(
+                        f"function {spec.name!r}: batch needs a native function that takes a list and returns"
+                        f" a list; {why} cannot be batched"
+                    )
                 # Function-level settings (who may call it) are not part of the revision: changing
                 # them updates the function, never makes a new revision or a cold start.
                 draft = _draft(

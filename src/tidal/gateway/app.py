@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
-from tidal.gateway import admin, jobs_api, rollout_api, shadow_api, traffic_api
+from tidal.gateway import admin, buckets_api, jobs_api, rollout_api, shadow_api, traffic_api, triggers_api
 from tidal.gateway.asgi import Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
@@ -50,6 +50,8 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.include_router(shadow_api.router)
     app.include_router(rollout_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(triggers_api.router)
+    app.include_router(buckets_api.router)
 
     @app.exception_handler(admin.ApiError)
     async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:

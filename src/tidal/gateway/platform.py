@@ -19,6 +19,7 @@ from tidal.backends.isolation import choose_mode
 from tidal.backends.local import LocalBackend
 from tidal.backends.logsink import default_sink
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S
+from tidal.buckets.folder import FolderBuckets
 from tidal.deploy.bundle import bundle_path
 from tidal.deploy.service import Deployer, DeployOptions
 from tidal.environments.builder import EnvironmentBuilder
@@ -37,6 +38,7 @@ from tidal.shadow.mirror import Mirror
 from tidal.shadow.recorder import ShadowRecorder
 from tidal.store.protocols import Store
 from tidal.store.sqlite import SQLiteStore
+from tidal.triggers.service import TriggerHub, trigger_sources
 
 log = logging.getLogger("tidal.gateway")
 
@@ -55,6 +57,7 @@ class GatewayConfig:
     insecure_no_sandbox: bool = False  # debugging only: function code then runs as the gateway does
     activation_retention_s: float = DEFAULT_RETENTION_S  # older records go (0: kept whatever their age)
     activation_max_rows: int = DEFAULT_MAX_ROWS  # activations kept at most, the newest (0: no limit)
+    buckets_dir: Path | None = None  # local-folder buckets (default STATE_DIR/buckets)
 
 
 class StateDirBusy(RuntimeError):
@@ -126,6 +129,10 @@ class Platform:
         self.jobs = JobService(self.store, self.invoker, sole_gateway=True)
         self.supervisor.add("job-dispatcher", self.jobs.dispatcher.run)
         self.supervisor.add("job-callbacks", self.jobs.callbacks.run)
+        # Event triggers: one supervised source task per stored trigger; each event becomes a job.
+        self.buckets = FolderBuckets((config.buckets_dir or state_dir / "buckets").resolve())
+        self.triggers = TriggerHub(self.store, self.jobs, self.buckets, trigger_sources())
+        self.supervisor.add("triggers", self.triggers.run)
         # Function -> the JSON field whose value is its sticky key (spec `sticky_key`), read by the
         # HTTP adapter only when a split has to be drawn.
         self.sticky_fields: dict[str, str] = {}
@@ -139,6 +146,7 @@ class Platform:
         for name in await asyncio.to_thread(self.store.function_names):
             await self.publish(name)
         self.jobs.ready()  # queued jobs find their functions served from here on
+        self.triggers.ready()  # and so do the events of triggers
         self.remove_unused_code_later()  # left by failed deploys, or by removals of earlier releases
         for path in self.config.deploy_paths:
             options = DeployOptions(source=path.name)
@@ -178,6 +186,7 @@ class Platform:
         else:
             self.sticky_fields.pop(function, None)
         self.jobs.configure(function, record.settings)  # retries, max_event_age, destinations
+        await self.triggers.sync(function, record.settings)  # the spec's `triggers`, stored
         self.function_settings[function] = dict(record.settings)  # what `tidal status` shows
         shadow = await self._shadow_serving(function)
         return self.router.serve(function, bool(record.settings.get("public", False)), serving, shadow)

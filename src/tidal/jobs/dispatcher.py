@@ -33,7 +33,9 @@ from tidal.invoke.core import Invoker
 from tidal.invoke.outcome import Outcome, OutcomeKind
 from tidal.invoke.request import PLATFORM, InvocationRequest, Trigger
 from tidal.jobs.model import (
+    EVENT_TRIGGERS,
     PLATFORM_OWNER,
+    TRIGGER_HEADER,
     JobSettings,
     destination_event,
     invocation_of,
@@ -55,14 +57,18 @@ CLOSE_GRACE_S = 5.0
 
 # The job whose attempt is running in this task: the activation recorder names it on the record.
 CURRENT_JOB: ContextVar[str] = ContextVar("tidal_current_job", default="")
+CURRENT_TRIGGER: ContextVar[str] = ContextVar("tidal_current_trigger", default="")  # its event trigger's id
+JOB_TRIGGERS = frozenset({Trigger.JOB, *EVENT_TRIGGERS})
 
 
 def attributed(record: Callable[[Activation], None]) -> Callable[[Activation], None]:
-    """``record`` (the activation writer), naming on each job attempt's record the job it served."""
+    """``record`` (the activation writer), naming on each job attempt's record the job it served
+    (and, for an event's job, the trigger)."""
 
     def record_naming_the_job(activation: Activation) -> None:
-        if activation.trigger == Trigger.JOB:  # a shadow copy of a job's call is no attempt of it
+        if activation.trigger in JOB_TRIGGERS:  # a shadow copy of a job's call is no attempt of it
             activation.job = CURRENT_JOB.get()
+            activation.trigger_id = CURRENT_TRIGGER.get()
         record(activation)
 
     return record_naming_the_job
@@ -161,12 +167,14 @@ class Dispatcher:
             await self.conclude(job, past, Next("dead", counted=False))
             return
         token = CURRENT_JOB.set(job.id)
+        trigger_token = CURRENT_TRIGGER.set(_trigger_id(job))
         try:
             outcome = await self.invoker.invoke(invocation_of(job, self.clock()))
             if outcome.stream is not None:
                 outcome = await _drain(outcome)
         finally:
             CURRENT_JOB.reset(token)
+            CURRENT_TRIGGER.reset(trigger_token)
         if outcome.ok and len(outcome.body) > RESULT_LIMIT:
             outcome = _too_large(outcome)
         await self.conclude(job, outcome)
@@ -256,6 +264,15 @@ def _after(job: Job, outcome: Outcome, decision: Next, now: float) -> Job:
             ended, callback_state="pending", callback_attempts=0, callback_at=now, callback_error=""
         )
     return ended
+
+
+def _trigger_id(job: Job) -> str:
+    """The trigger an event's job came from (a client's own header on an HTTP job names none)."""
+    if "trigger" not in job.context:
+        return ""
+    headers = job.context.get("headers")
+    value = headers.get(TRIGGER_HEADER, "") if isinstance(headers, dict) else ""
+    return value if isinstance(value, str) else ""
 
 
 async def _drain(outcome: Outcome) -> Outcome:

@@ -29,6 +29,9 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the I
 NEVER_STORED = frozenset({"authorization", "cookie"})  # credentials never reach the jobs table
 JOB_HEADER, ATTEMPT_HEADER = "x-tidal-job", "x-tidal-attempt"  # what the function sees of its job
 PLATFORM_OWNER = "platform"  # the owner of a destination's job
+TRIGGER_HEADER = "x-tidal-trigger"  # the event trigger (tidal.triggers) whose event a job carries
+# Kept on an event's job, so that its attempts are recorded as cron / bucket / queue calls.
+EVENT_TRIGGERS = frozenset({Trigger.CRON, Trigger.BUCKET, Trigger.QUEUE})
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def new_job(
             "method": context.method,
             "path": context.path,
             "query": context.query,
+            **({"trigger": request.trigger.value} if request.trigger in EVENT_TRIGGERS else {}),
         },
         owner=request.caller.key_id,
         scopes=sorted(request.caller.scopes),
@@ -132,9 +136,9 @@ def invocation_of(job: Job, now: float) -> InvocationRequest:
         path=_text(context.get("path")) or "/",
         query=_text(context.get("query")) or "",
     )
-    return InvocationRequest(
-        job.function, job.body, job.content_type, caller, Trigger.JOB, routing, None, now
-    )
+    kind = context.get("trigger")
+    trigger = Trigger(kind) if isinstance(kind, str) and kind in EVENT_TRIGGERS else Trigger.JOB
+    return InvocationRequest(job.function, job.body, job.content_type, caller, trigger, routing, None, now)
 
 
 def _text(value: object) -> str | None:

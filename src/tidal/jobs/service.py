@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import NamedTuple
 
 from tidal.auth.keys import Caller
@@ -63,12 +64,17 @@ class JobService:
         return self._settings.get(function, DEFAULT_SETTINGS)
 
     async def submit(
-        self, request: InvocationRequest, idempotency_key: str | None = None, callback_url: str | None = None
-    ) -> Submitted:
-        """Store the request as a queued job (durable before this returns) and wake the dispatcher."""
-        job = new_job(
-            request, self.settings_of(request.function), self.clock(), idempotency_key, callback_url
-        )
+        self, request: InvocationRequest, idempotency_key: str | None = None, callback_url: str | None = None,
+        max_attempts: int | None = None,
+    ) -> Submitted:  # fmt: skip
+        """Store the request as a queued job (durable before this returns) and wake the dispatcher.
+
+        ``max_attempts`` overrides the function's ``retries`` + 1 (a queue trigger's ``max_deliveries``).
+        """
+        settings = self.settings_of(request.function)
+        if max_attempts is not None:
+            settings = replace(settings, retries=max_attempts - 1)
+        job = new_job(request, settings, self.clock(), idempotency_key, callback_url)
         stored, created = await asyncio.to_thread(self.store.add_job, job)
         if not created and stored.request_digest != job.request_digest:
             raise IdempotencyConflict(

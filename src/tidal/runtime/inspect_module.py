@@ -7,6 +7,7 @@ Runs in a throwaway process at deploy time and prints one JSON document on stdou
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import traceback
@@ -29,7 +30,12 @@ def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str,
             return {"ok": False, "error": f"module {module_name!r} has no callable {handler!r}"}
         return {"ok": True, "functions": [{"attribute": handler, "is_class": False, "spec": {}}]}
     functions = [
-        {"attribute": attribute, "is_class": declaration.is_class, "spec": declaration.spec}
+        {
+            "attribute": attribute,
+            "is_class": declaration.is_class,
+            "spec": declaration.spec,
+            "is_stream": _is_generator(getattr(module, attribute)),
+        }
         for attribute, declaration in declared_functions(module)
     ]
     if not functions:
@@ -39,6 +45,12 @@ def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str,
             "for a Lambda-style module pass --handler NAME --style lambda",
         }
     return {"ok": True, "functions": functions}
+
+
+def _is_generator(obj: Any) -> bool:
+    """Whether calls of ``obj`` (a function, or a class's ``__call__``) stream: they cannot be batched."""
+    call = obj.__call__ if isinstance(obj, type) else obj
+    return inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)
 
 
 def main() -> None:

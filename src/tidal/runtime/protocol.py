@@ -28,6 +28,7 @@ class CallStats(msgspec.Struct, frozen=True):
     duration_ms: float  # wall time inside the instance, from receipt to answer
     cpu_ms: float  # CPU time the call used
     peak_rss_kb: int  # the instance's peak resident memory so far
+    batch_size: int = 0  # how many requests shared the call (batched functions); 0: not batched
 
 
 class Invoke(Frame, tag="invoke", frozen=True):

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, cast
 import msgspec
 
 from tidal.runtime import capture, codec, sandbox
+from tidal.runtime.batching import BATCH_SIZE_HEADER, BatchConfig, Batcher
 from tidal.runtime.loader import Target, build_target, import_entry
 from tidal.runtime.protocol import (
     CallStats,
@@ -44,6 +45,7 @@ from tidal.runtime.protocol import (
     SetupFailed,
     encode,
 )
+from tidal.sdk.batch import ItemError
 from tidal.sdk.context import Context
 from tidal.sdk.errors import InputError
 
@@ -66,6 +68,8 @@ class InstanceConfig(msgspec.Struct, frozen=True):
     # CUDA_VISIBLE_DEVICES of this instance: "0" or "0,1" (its GPUs), "" (none: gpu=0 on a GPU
     # host), None (left alone: no GPUs here). Set before any user code runs in the instance.
     visible_gpus: str | None = None
+    # The spec's batch: gather concurrent requests into one call of a list-taking function.
+    batch: BatchConfig | None = None
 
 
 def gpu_env(visible: str) -> dict[str, str]:
@@ -101,6 +105,8 @@ class Worker:
         self.running: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
         self.in_threads: set[int] = set()  # calls whose user code is running in a thread right now
         self.closed = self.loop.create_future()
+        self.batcher = Batcher(config.batch.settings(), self.call_batch) if config.batch is not None else None
+        self.batch_size_of: dict[int, int] = {}  # request id -> the size of the batch it ran in
 
     def send(self, message: Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -139,24 +145,29 @@ class Worker:
             stop.set()
             message = f"the function ran past its timeout of {self.config.timeout:g} s"
             stats, logs = self.stats(started, cpu_box), capture.collected(buffer)
-            self.send(
-                Error(request.id, "Timeout", message, stats, logs, recycle=request.id in self.in_threads)
-            )
+            recycle = request.id in self.in_threads or (self.batcher is not None and self.batcher.running)
+            self.send(Error(request.id, "Timeout", message, stats, logs, recycle=recycle))
         except codec.BadRequest as exc:
             stats = self.stats(started, cpu_box)
             self.send(Error(request.id, "BadRequest", str(exc), stats, caller_fault=True))
         except InputError as exc:  # the function refused its input: the caller's fault, not a crash
-            stats, logs = self.stats(started, cpu_box, cpu_started), capture.collected(buffer)
+            stats, logs = self.stats(started, cpu_box, cpu_started, request.id), capture.collected(buffer)
             self.send(Error(request.id, type(exc).__name__, str(exc), stats, logs, caller_fault=True))
+        except ItemError as exc:  # one item of a batch failed, as the function said: no traceback
+            stats, logs = self.stats(started, cpu_box, cpu_started, request.id), capture.collected(buffer)
+            self.send(Error(request.id, type(exc).__name__, str(exc), stats, logs))
         except Exception as exc:
             print(traceback.format_exc(), file=sys.stderr, end="")
-            stats = self.stats(started, cpu_box, cpu_started)
+            stats = self.stats(started, cpu_box, cpu_started, request.id)
             self.send(Error(request.id, type(exc).__name__, str(exc), stats, capture.collected(buffer)))
 
-    def stats(self, started: float, cpu_box: list[float], cpu_started: float | None = None) -> CallStats:
+    def stats(
+        self, started: float, cpu_box: list[float], cpu_started: float | None = None, request_id: int = -1
+    ) -> CallStats:
         cpu = cpu_box[0] if cpu_box[0] else (time.process_time() - cpu_started if cpu_started else 0.0)
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb)
+        batch_size = self.batch_size_of.pop(request_id, 0)
+        return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb, batch_size)
 
     async def run_call(
         self,
@@ -168,6 +179,9 @@ class Worker:
     ) -> None:
         args = self.arguments(request)
         target = self.target
+        if self.batcher is not None:
+            await self.run_in_batch(request, args, buffer, started, cpu_box)
+            return
         if target.is_async_stream:
             cpu_started = time.process_time()
             async for item in target.call(*args):
@@ -188,6 +202,49 @@ class Worker:
             self.send(End(request.id, self.stats(started, cpu_box), capture.collected(buffer)))
             return
         self.answer(request, value, self.stats(started, cpu_box), capture.collected(buffer))
+
+    async def run_in_batch(
+        self,
+        request: Invoke,
+        args: tuple[Any, ...],
+        buffer: capture.LogBuffer,
+        started: float,
+        cpu_box: list[float],
+    ) -> None:
+        """Wait for this request's place in a batch; answer with its own output (or its item error)."""
+        assert self.batcher is not None
+        done = await self.batcher.submit(args[0], args[1] if len(args) > 1 else None)
+        cpu_box[0] = done.cpu_s
+        self.batch_size_of[request.id] = done.batch_size
+        if done.logs:
+            buffer.write(done.logs)
+        stats = self.stats(started, cpu_box, request_id=request.id)
+        if isinstance(done.output, BaseException):  # the item's own failure, or its whole batch's
+            failure = done.output
+            caller_fault = isinstance(failure, InputError)
+            name, logs = type(failure).__name__, capture.collected(buffer)
+            self.send(Error(request.id, name, str(failure), stats, logs, caller_fault=caller_fault))
+            return
+        body, content_type = codec.encode_result(done.output)
+        headers = {BATCH_SIZE_HEADER: str(done.batch_size)}
+        self.send(
+            Result(request.id, body, stats, content_type, headers=headers, logs=capture.collected(buffer))
+        )
+
+    async def call_batch(self, inputs: list[Any], contexts: list[Any]) -> tuple[Any, float]:
+        """One call of the batched function: ``f(inputs)`` or ``f(inputs, contexts)``; its CPU seconds."""
+        args = (inputs, contexts) if self.target.wants_context else (inputs,)
+        if self.target.is_async:
+            cpu_started = time.process_time()
+            value = await self.target.call(*args)
+            return value, time.process_time() - cpu_started
+
+        def in_thread() -> tuple[Any, float]:
+            cpu_started = time.thread_time()
+            value = self.target.call(*args)
+            return value, time.thread_time() - cpu_started
+
+        return await self.loop.run_in_executor(self.threads, contextvars.copy_context().run, in_thread)
 
     def call_in_thread(
         self, request: Invoke, args: tuple[Any, ...], stop: threading.Event, cpu: list[float]

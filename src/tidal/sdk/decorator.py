@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from tidal.sdk.batch import Batch
+
 DECLARATION_ATTRIBUTE = "__tidal_function__"
 
 Target = TypeVar("Target", bound=Callable[..., Any])
@@ -62,10 +64,12 @@ SPEC_FIELDS: tuple[str, ...] = (
     "scale_to_zero_after",
     "max_queue",
     "load_once",
+    "batch",
     "retries",
     "max_event_age",
     "on_success",
     "on_failure",
+    "triggers",
 )
 
 
@@ -94,8 +98,12 @@ def function(target: Any = None, /, **spec: Any) -> Any:
     if unknown:
         raise TypeError(f"unknown spec field(s) {unknown}; known: {', '.join(SPEC_FIELDS)}")
 
+    declared = dict(spec)
+    if isinstance(declared.get("batch"), Batch):  # stored as the plain mapping tidal.toml would give
+        declared["batch"] = declared["batch"].as_spec()
+
     def mark(obj: Target) -> Target:
-        declaration = FunctionDeclaration(obj.__name__, isinstance(obj, type), dict(spec))
+        declaration = FunctionDeclaration(obj.__name__, isinstance(obj, type), declared)
         setattr(obj, DECLARATION_ATTRIBUTE, declaration)
         return obj
 

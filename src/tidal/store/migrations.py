@@ -322,6 +322,45 @@ def _jobs(connection: sqlite3.Connection) -> None:
     _execute_all(connection, SCHEMA_7)
 
 
+# -- 8: event triggers (tidal.triggers) ----------------------------------------------------------------
+
+SCHEMA_8 = """
+CREATE TABLE triggers (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL REFERENCES functions (name) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT '{}',
+    last_error TEXT NOT NULL DEFAULT '',
+    last_error_at REAL NOT NULL DEFAULT 0,
+    events INTEGER NOT NULL DEFAULT 0,
+    last_event_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX triggers_by_function ON triggers (function, created_at);
+ALTER TABLE activations ADD COLUMN trigger_id TEXT NOT NULL DEFAULT ''
+"""
+
+
+def _triggers(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_8)
+
+
+# -- 9: revision digests leave out fields at their default (a new field makes no new revision) ----
+
+
+def _digests_without_defaults(connection: sqlite3.Connection) -> None:
+    rows = connection.execute(
+        "SELECT id, code_digest, module, attribute, is_class, style, spec, environment FROM revisions"
+    ).fetchall()
+    for rev_id, code_digest, module, attribute, is_class, style, spec_json, environment in rows:
+        digest = revision_digest(
+            code_digest, module, attribute, bool(is_class), style, json.loads(spec_json), environment
+        )
+        connection.execute("UPDATE revisions SET digest = ? WHERE id = ?", (digest, rev_id))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -330,6 +369,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "canary rollouts and their decisions", _rollouts),
     Migration(6, "shadow traffic: candidates, compared copies, skip counts", _shadows),
     Migration(7, "async jobs; the job of each activation", _jobs),
+    Migration(8, "event triggers and their state; the trigger of each activation", _triggers),
+    Migration(9, "revision digests without fields at their default", _digests_without_defaults),
 )
 
 

@@ -91,6 +91,7 @@ class Activation(msgspec.Struct):
     key_id: str = ""  # the caller's API key id; "" for a public call made without a key
     trigger: str = "http"  # what made the call: "http" (later also job, cron, bucket, queue)
     job: str = ""  # the async job this call was an attempt of ("" for any other call)
+    trigger_id: str = ""  # the event trigger (tidal.triggers) whose event this call served
 
 
 def revision_digest(
@@ -100,14 +101,20 @@ def revision_digest(
     """The identity of a deploy: equal digests mean an identical revision (a redeploy is "unchanged").
 
     ``spec`` holds revision-level fields only, so flipping a function-level setting such as
-    ``public`` does not make a new revision. The deployer and migration 2 both call this.
-    ``environment`` counts only when set, so revisions stored before environments keep their digests.
+    ``public`` does not make a new revision. Fields at their default are left out, so a release
+    that adds a field (with a default) makes no new revision of code that does not set it.
+    ``environment`` counts only when set. The deployer and migrations 2 and 9 call this.
     """
-    parts: list[object] = [code_digest, module, attribute, is_class, style, spec]
+    from tidal.spec import FunctionSpec  # here: the store needs pydantic only to make a digest
+
+    defaults = FunctionSpec.revision_defaults()
+    identity = {
+        name: value for name, value in spec.items() if name not in defaults or defaults[name] != value
+    }
+    parts: list[object] = [code_digest, module, attribute, is_class, style, identity]
     if environment:
         parts.append(environment)
-    identity = json.dumps(parts, sort_keys=True)
-    return hashlib.sha256(identity.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def check_traffic(function: str, targets: list[TrafficTarget], revision_ids: Collection[str]) -> None:
@@ -274,3 +281,29 @@ class Job(msgspec.Struct):
     callback_attempts: int = 0
     callback_at: float = 0.0  # when the next delivery is due (while pending)
     callback_error: str = ""
+
+
+# -- event triggers (tidal.triggers) ---------------------------------------------------------------------
+
+TRIGGER_ORIGINS = ("spec", "cli")  # declared in the function's spec, or added by hand
+
+
+class TriggerRecord(msgspec.Struct):
+    """A trigger of a function and its running state. Fields are the triggers table's columns.
+
+    ``config`` is ``tidal.triggers.model.check_trigger``'s output (kind and every option);
+    ``state`` is the source's own: cron's ``decided_until`` / ``last_fire`` / ``missed``, a bucket
+    scan's cursor. ``last_error`` is the latest run-time failure ("" once it runs again).
+    """
+
+    id: str
+    function: str
+    kind: str  # cron | bucket | queue
+    config: dict[str, object]
+    origin: str  # one of TRIGGER_ORIGINS
+    created_at: float
+    state: dict[str, object] = {}
+    last_error: str = ""
+    last_error_at: float = 0.0
+    events: int = 0  # invocations submitted (jobs created)
+    last_event_at: float = 0.0

@@ -22,6 +22,7 @@ from tidal.store.models import (
     ShadowConfig,
     ShadowResult,
     TrafficTarget,
+    TriggerRecord,
 )
 
 
@@ -285,9 +286,39 @@ class JobStore(Protocol):
         ...
 
 
+class TriggerStore(Protocol):
+    """Event triggers (tidal.triggers): their config, origin and the state each source keeps."""
+
+    def add_trigger(self, trigger: TriggerRecord) -> bool:
+        """Store a new trigger; False (nothing stored) if its function does not exist."""
+        ...
+
+    def trigger(self, trigger_id: str) -> TriggerRecord | None: ...
+
+    def triggers(self, function: str | None = None) -> list[TriggerRecord]:
+        """Triggers by function, then age; of one function if given."""
+        ...
+
+    def delete_trigger(self, trigger_id: str) -> bool: ...
+
+    def sync_spec_triggers(self, function: str, declared: list[TriggerRecord]) -> None:
+        """Make the function's spec-origin triggers ``declared``: others go, new ones are added,
+        existing ones (same id) keep their state."""
+        ...
+
+    def save_trigger_state(self, trigger_id: str, state: dict[str, object], events: int, at: float) -> None:
+        """Replace the source state, count ``events`` more (at ``at``), clear the last error."""
+        ...
+
+    def add_trigger_events(self, trigger_id: str, events: int, at: float) -> None: ...
+
+    def set_trigger_error(self, trigger_id: str, error: str, at: float) -> None: ...
+
+
 class Store(
-    FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, JobStore, Protocol
-):
+    FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, JobStore,
+    TriggerStore, Protocol,
+):  # fmt: skip
     """Everything the platform keeps."""
 
     def close(self) -> None: ...

@@ -31,6 +31,7 @@ from tidal.store.sqlite_base import (
 from tidal.store.sqlite_jobs import JobTables
 from tidal.store.sqlite_rollouts import RolloutTables
 from tidal.store.sqlite_shadow import ShadowTables
+from tidal.store.sqlite_triggers import TriggerTables
 
 # The SQL column lists are the records' fields: one list, one place.
 ACTIVATION_FIELDS = Activation.__struct_fields__
@@ -41,7 +42,7 @@ SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 SMALLEST_ROWID = -(2**63)
 
 
-class SQLiteStore(RolloutTables, ShadowTables, JobTables):
+class SQLiteStore(RolloutTables, ShadowTables, JobTables, TriggerTables):
     # -- functions and revisions ---------------------------------------------------------------
 
     def add_revision(

@@ -1,0 +1,69 @@
+"""The real services some tests talk to (Redis, NATS): found running, or started here, never skipped.
+
+Each fixture checks the server answers; if not, it starts it (``redis-server --daemonize yes``,
+``nats-server -js`` in the background) when the binary exists, else installs it with apt-get, and
+says so on stderr. A server that still does not answer fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+REDIS_PORT, NATS_PORT = 6379, 4222
+
+
+def answers(port: int, hello: bytes, expect: bytes, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+            if hello:
+                connection.sendall(hello)
+            return expect in connection.recv(4096)
+    except OSError:
+        return False
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"\n[tests/services] {message}\n")
+
+
+def _ensure(name: str, binary: str, package: str, start: list[str], up: Callable[[], bool]) -> None:
+    if up():
+        return
+    if shutil.which(binary) is None:
+        _say(f"{name} is not running and {binary} is missing: apt-get install -y {package}")
+        subprocess.run(["apt-get", "install", "-y", package], check=False, capture_output=True)
+    if shutil.which(binary) is None:
+        pytest.fail(
+            f"{name} is needed on 127.0.0.1 and {binary} could not be installed (apt-get install {package})"
+        )
+    _say(f"{name} was not running: starting `{' '.join(start)}`")
+    subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while not up():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} did not come up on 127.0.0.1 after `{' '.join(start)}`")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis on 127.0.0.1:6379 (started if missing)."""
+    _ensure("Redis", "redis-server", "redis-server",
+            ["redis-server", "--port", str(REDIS_PORT), "--daemonize", "yes"],
+            lambda: answers(REDIS_PORT, b"PING\r\n", b"PONG"))  # fmt: skip
+    yield f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """A real NATS server with JetStream on 127.0.0.1:4222 (started if missing)."""
+    _ensure("NATS", "nats-server", "nats-server", ["nats-server", "-js", "-p", str(NATS_PORT)],
+            lambda: answers(NATS_PORT, b"", b"INFO"))  # fmt: skip
+    yield f"nats://127.0.0.1:{NATS_PORT}"
