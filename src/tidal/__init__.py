@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tidal import sdk
 from tidal.sdk import Batch, Context, InputError, ItemError, bucket, cron, function, queue
 
 if TYPE_CHECKING:
@@ -50,16 +51,7 @@ __all__ = [
     "function",
     "queue",
 ]
-_REMOTE_NAMES = frozenset(__all__) - {
-    "Batch",
-    "Context",
-    "InputError",
-    "ItemError",
-    "bucket",
-    "cron",
-    "function",
-    "queue",
-}
+_REMOTE_NAMES = frozenset(__all__) - frozenset(sdk.__all__)  # what tidal.remote provides
 
 
 def __getattr__(name: str) -> Any:

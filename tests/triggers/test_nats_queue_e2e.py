@@ -14,22 +14,11 @@ from typing import Any
 import nats
 import pytest
 from nats.js.errors import NotFoundError
-from trigger_helpers import activation_of, jobs_of, triggers_of, wait_jobs
+from trigger_helpers import QUEUE_CONSUMER, activation_of, jobs_of, triggers_of, wait_jobs
 
 from conftest import TidalServer, wait_for
 
-SOURCE = """
-import time
-import tidal
-
-@tidal.function(name="{name}", concurrency=4, triggers=[tidal.queue("{url}", stream="{stream}", max_deliveries=3,
-                visibility_timeout=2)])
-def handle(event, context: tidal.Context):
-    if event.get("poison"):
-        raise ValueError("cannot digest " + str(event))
-    time.sleep(event.get("sleep", 0))
-    return {{"got": event, "id": context.headers.get("x-tidal-message-id")}}
-"""
+SOURCE = QUEUE_CONSUMER
 
 
 class JetStream:

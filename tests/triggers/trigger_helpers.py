@@ -39,3 +39,18 @@ def activation_of(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
     activation = client.get(f"/v1/activations/{record['activations'][-1]}")
     assert activation.status_code == 200, activation.text
     return dict(activation.json())
+
+
+# A queue-triggered function both queue tests deploy: it raises on a poison message and can be slow.
+QUEUE_CONSUMER = """
+import time
+import tidal
+
+@tidal.function(name="{name}", concurrency=4, triggers=[tidal.queue("{url}", stream="{stream}", max_deliveries=3,
+                visibility_timeout=2)])
+def handle(event, context: tidal.Context):
+    if event.get("poison"):
+        raise ValueError("cannot digest " + str(event))
+    time.sleep(event.get("sleep", 0))
+    return {{"got": event, "id": context.headers.get("x-tidal-message-id")}}
+"""

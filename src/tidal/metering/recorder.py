@@ -12,30 +12,31 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from typing import Generic, TypeVar
 
 from tidal.store.models import Activation
 from tidal.store.protocols import ActivationStore
 
 log = logging.getLogger("tidal.metering")
 
+Item = TypeVar("Item")
 
-class ActivationRecorder:
-    def __init__(self, store: ActivationStore, interval_s: float = 0.2, batch_size: int = 500) -> None:
-        self.store = store
+
+class BatchedWriter(Generic[Item]):
+    """Items appended on the hot path, written by ``flush`` in the background: every
+    ``interval_s``, or sooner once ``batch_size`` are waiting. Subclasses write (``flush``).
+    """
+
+    def __init__(self, interval_s: float, batch_size: int) -> None:
         self.interval_s = interval_s
         self.batch_size = batch_size
-        self._pending: list[Activation] = []
-        self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
+        self._pending: list[Item] = []
         self._wake = asyncio.Event()
 
-    def record(self, activation: Activation) -> None:
-        self._pending.append(activation)
+    def _append(self, item: Item) -> None:
+        self._pending.append(item)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
-
-    def reject(self, function: str, at: float) -> None:
-        """Count one 429 of ``function`` at ``at`` (epoch s) in its minute: 125.0 -> minute 120."""
-        self._rejections[(function, int(at // 60) * 60)] += 1
 
     async def run(self) -> None:
         """Flush every ``interval_s`` (or when a batch is full); runs under the gateway's supervisor."""
@@ -44,6 +45,23 @@ class ActivationRecorder:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
             await self.flush()
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+
+class ActivationRecorder(BatchedWriter[Activation]):
+    def __init__(self, store: ActivationStore, interval_s: float = 0.2, batch_size: int = 500) -> None:
+        super().__init__(interval_s, batch_size)
+        self.store = store
+        self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
+
+    def record(self, activation: Activation) -> None:
+        self._append(activation)
+
+    def reject(self, function: str, at: float) -> None:
+        """Count one 429 of ``function`` at ``at`` (epoch s) in its minute: 125.0 -> minute 120."""
+        self._rejections[(function, int(at // 60) * 60)] += 1
 
     async def flush(self) -> None:
         await self._flush_rejections()

@@ -9,11 +9,11 @@ an overload writes one row a minute, not one per refusal. A background loop writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from typing import Protocol
 
+from tidal.metering.recorder import BatchedWriter
 from tidal.store.models import ShadowResult
 from tidal.store.protocols import ShadowStore
 
@@ -30,31 +30,18 @@ class ShadowSink(Protocol):
     def skip(self, function: str, revision: str, reason: str, at: float) -> None: ...
 
 
-class ShadowRecorder:
+class ShadowRecorder(BatchedWriter[ShadowResult]):
     def __init__(self, store: ShadowStore, interval_s: float = 0.5, batch_size: int = 500) -> None:
+        super().__init__(interval_s, batch_size)
         self.store = store
-        self.interval_s = interval_s
-        self.batch_size = batch_size
-        self._pending: list[ShadowResult] = []
         self._skips: Counter[tuple[str, str, int, str]] = Counter()
-        self._wake = asyncio.Event()
 
     def add(self, result: ShadowResult) -> None:
-        self._pending.append(result)
-        if len(self._pending) >= self.batch_size:
-            self._wake.set()
+        self._append(result)
 
     def skip(self, function: str, revision: str, reason: str, at: float) -> None:
         """Count one sampled call that was not compared, in its minute: 125.0 -> minute 120."""
         self._skips[(function, revision, int(at // 60) * 60, reason)] += 1
-
-    async def run(self) -> None:
-        """Flush every ``interval_s`` (or when a batch is full); runs under the gateway's supervisor."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            self._wake.clear()
-            await self.flush()
 
     async def flush(self) -> None:
         if not self._pending and not self._skips:
