@@ -66,3 +66,5 @@ def traffic(
     for target in answer["traffic"]:
         table.add_row(target["revision"], f"{target['percent']}%", target["tag"] or "")
     out.print(table)
+    if answer.get("rollout_aborted"):  # a split set by hand wins over a running canary rollout
+        out.print(f"[yellow]{answer['rollout_aborted']}[/yellow]", highlight=False)

@@ -162,7 +162,10 @@ def test_abort_and_a_change_by_hand_return_traffic(tidal_server: TidalServer, wr
         tidal_server.cli("rollout", name, "--to", "2", "--steps", "10,100", "--interval", "10m").returncode
         == 0
     )
-    assert tidal_server.cli("traffic", name, "1=70", "2=30").returncode == 0
+    by_hand = tidal_server.cli("traffic", name, "1=70", "2=30")
+    assert by_hand.returncode == 0 and f"the rollout to {name}-00002 was aborted" in by_hand.stdout, (
+        by_hand.stdout
+    )
     state = rollout_of(tidal_server, name)["rollout"]
     assert (state["state"], state["reason"]) == ("aborted", "traffic changed by hand")
     traffic = tidal_server.client.get(f"/v1/functions/{name}/traffic").json()["traffic"]
