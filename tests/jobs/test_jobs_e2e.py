@@ -91,6 +91,13 @@ def test_async_calls_are_refused_as_sync_ones_are_and_bad_input_is_a_400(
     ):
         refused = client.post("/fn/jrefuse", json={}, headers={**ASYNC, "x-callback-url": callback})
         assert refused.status_code == 400 and refused.json()["error"]["type"] == "BadCallbackUrl", callback
+    public = ECHO.replace("jecho", "jpublic").replace("@tidal.function(", "@tidal.function(public=True, ")
+    assert tidal_server.deploy(write_module(public)).returncode == 0
+    anonymous = httpx.post(
+        f"{url}/fn/jpublic", json={}, headers={**ASYNC, "x-callback-url": "http://10.0.0.1/x"}
+    )
+    assert anonymous.status_code == 401, "without a key, no callbacks: the gateway would call any address"
+    assert httpx.post(f"{url}/fn/jpublic", json={}, headers=ASYNC).status_code == 202
     assert client.get("/v1/jobs/job-0123").status_code == 404
     assert client.delete("/v1/jobs/job-0123").status_code == 404
     assert client.get("/v1/jobs", params={"state": "weird"}).status_code == 400

@@ -72,6 +72,12 @@ class AsyncIntake:
             key = None if key is None else check_idempotency_key(key.strip())
         except ValueError as exc:
             return await respond_error(send, 400, "BadIdempotencyKey", str(exc))
+        if url is not None and not request.caller.authenticated:
+            # An anonymous caller (of a public function; function code holds no key) must not make
+            # the gateway send requests to addresses of its choosing inside the network.
+            return await respond_error(
+                send, 401, "Unauthenticated", "a callback URL needs an API key (Authorization: Bearer KEY)"
+            )
         try:
             url = None if url is None else check_callback_url(url.strip(), _gateway_addresses(scope, headers))
         except ValueError as exc:

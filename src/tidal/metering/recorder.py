@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Generic, TypeVar
 
@@ -22,7 +23,7 @@ log = logging.getLogger("tidal.metering")
 Item = TypeVar("Item")
 
 
-class BatchedWriter(Generic[Item]):
+class BatchedWriter(ABC, Generic[Item]):
     """Items appended on the hot path, written by ``flush`` in the background: every
     ``interval_s``, or sooner once ``batch_size`` are waiting. Subclasses write (``flush``).
     """
@@ -46,8 +47,9 @@ class BatchedWriter(Generic[Item]):
             self._wake.clear()
             await self.flush()
 
+    @abstractmethod
     async def flush(self) -> None:
-        raise NotImplementedError
+        """Write what is pending (keeping it for the next flush when the store fails)."""
 
 
 class ActivationRecorder(BatchedWriter[Activation]):
