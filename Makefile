@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[examples,torch,dev]'
+	$(BIN)/pip install --quiet -e '.[examples,torch,dashboard,simulate,otel,dev]'
 	$(BIN)/python examples/digits/train.py
 	touch $(STAMP)
 

@@ -159,7 +159,12 @@ def test_a_failing_job_retries_goes_dead_calls_back_and_is_redriven(
         assert [body["id"] for body in hook.bodies] == [job_id, job_id]
         assert hook.bodies[-1]["state"] == "dead" and hook.bodies[-1]["error"]["type"] == "ValueError"
         assert "authorization" not in hook.headers[-1] and hook.headers[-1]["x-tidal-job"] == job_id
+        # The receiver answers before the dispatcher records the delivery: wait for the record.
+        deadline = time.monotonic() + 10
         callback = wait_job(client, job_id)["callback"]
+        while callback["state"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            callback = wait_job(client, job_id)["callback"]
         assert (callback["state"], callback["attempts"]) == ("delivered", 2), callback
 
     # The failure destination was invoked, as a job, with the dead job's record.

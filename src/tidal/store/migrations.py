@@ -361,6 +361,44 @@ def _digests_without_defaults(connection: sqlite3.Connection) -> None:
         connection.execute("UPDATE revisions SET digest = ? WHERE id = ?", (digest, rev_id))
 
 
+# -- 10: metering: GPUs per activation; instance lifetimes (the idle cost of keeping warm) ----------
+
+SCHEMA_10 = """
+ALTER TABLE activations ADD COLUMN gpus REAL NOT NULL DEFAULT 0;
+CREATE TABLE instance_lives (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    gpus REAL NOT NULL DEFAULT 0,
+    started REAL NOT NULL,
+    stopped REAL NOT NULL DEFAULT 0,
+    cold_detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX instance_lives_by_start ON instance_lives (started);
+CREATE INDEX instance_lives_by_function ON instance_lives (function, started)
+"""
+
+
+def _metering(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_10)
+
+
+# -- 11: keep-alive: the idle-time histogram of each function (tidal.keepalive) ----------------------
+
+SCHEMA_11 = """
+CREATE TABLE idle_histograms (
+    function TEXT PRIMARY KEY REFERENCES functions (name) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+def _idle_histograms(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_11)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -371,6 +409,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "async jobs; the job of each activation", _jobs),
     Migration(8, "event triggers and their state; the trigger of each activation", _triggers),
     Migration(9, "revision digests without fields at their default", _digests_without_defaults),
+    Migration(10, "GPUs per activation; instance lifetimes", _metering),
+    Migration(11, "idle-time histograms for keep-alive", _idle_histograms),
 )
 
 

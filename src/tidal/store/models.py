@@ -92,6 +92,7 @@ class Activation(msgspec.Struct):
     trigger: str = "http"  # what made the call: "http" (later also job, cron, bucket, queue)
     job: str = ""  # the async job this call was an attempt of ("" for any other call)
     trigger_id: str = ""  # the event trigger (tidal.triggers) whose event this call served
+    gpus: float = 0.0  # GPUs the instance held (a count, or a share such as 0.5): GPU-s = gpus x billed
 
 
 def revision_digest(
