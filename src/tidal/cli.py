@@ -99,10 +99,15 @@ def up(
     buckets_dir: Annotated[
         Path | None, typer.Option(help="local-folder buckets live here (default STATE_DIR/buckets)")
     ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(help="keep async jobs on Redis: redis://HOST:PORT/DB[?prefix=tidal:] (default: tidal.db)"),
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Run the gateway in the foreground (functions deployed earlier come back)."""
     import uvicorn
+    from redis.exceptions import RedisError
 
     from tidal.gateway.app import Gateway
     from tidal.gateway.platform import GatewayConfig, StateDirBusy
@@ -129,10 +134,15 @@ def up(
                 activation_retention_s=retention_s or 0.0,
                 activation_max_rows=activation_max_rows,
                 buckets_dir=buckets_dir,
+                queue_url=queue,
             )
         )
     except (StateDirBusy, StoreError) as exc:
         fail(str(exc))
+    except ValueError as exc:  # a --queue URL that names no Redis
+        fail(str(exc))
+    except RedisError as exc:
+        fail(f"--queue {queue}: Redis does not answer ({exc})")
         raise AssertionError from None  # fail() exits
     err.print(
         f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})"

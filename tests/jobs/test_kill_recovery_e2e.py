@@ -1,6 +1,7 @@
 """The proof: 1,000 jobs, the gateway killed with SIGKILL half-way, a new gateway on the same
 state dir. Every job ends succeeded, none is lost, no Idempotency-Key made two jobs. The number
-of repeated executions (at least once means some may run twice) is printed, not judged."""
+of repeated executions (at least once means some may run twice) is printed, not judged. Once with
+the jobs in tidal.db, once on a real Redis (`tidal up --queue redis://`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 
 from conftest import TidalServer
+from tidal.store.redis_jobs import RedisJobStore
 
 JOBS = 1000
 WORK = """
@@ -27,11 +33,48 @@ def work(payload):
 """
 
 
-def states(database: Path) -> dict[str, int]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return dict(
-            db.execute("SELECT state, COUNT(*) FROM jobs WHERE function = 'jwork' GROUP BY state").fetchall()
-        )
+Rows = list[tuple[str, bytes, int, str]]  # (idempotency key, result, attempts, state) of each jwork job
+
+
+def in_sqlite(database: Path) -> Callable[[], Rows]:
+    def rows() -> Rows:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            return db.execute(
+                "SELECT idempotency_key, result, attempts, state FROM jobs WHERE function = 'jwork'"
+            ).fetchall()
+
+    return rows
+
+
+def on_redis(url: str, prefix: str) -> Callable[[], Rows]:
+    store = RedisJobStore(url, lambda _: [], prefix=prefix)
+
+    def rows() -> Rows:
+        jobs = store.jobs("jwork", limit=10 * JOBS)
+        return [(job.idempotency_key or "", job.result or b"", job.attempts, job.state) for job in jobs]
+
+    return rows
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
+    """`tidal up` arguments for the job queue: none (tidal.db) or --queue on a real Redis."""
+    if request.param == "sqlite":
+        yield ()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = f"tidal-kill-{uuid.uuid4().hex[:8]}:"
+    yield ("--queue", f"{url}?prefix={prefix}")
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def counts(rows: Rows) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for *_, state in rows:
+        found[state] = found.get(state, 0) + 1
+    return found
 
 
 def submit_all(server: TidalServer) -> dict[int, tuple[int, str, bool]]:
@@ -48,10 +91,21 @@ def submit_all(server: TidalServer) -> dict[int, tuple[int, str, bool]]:
             return dict(pool.map(one, range(JOBS)))
 
 
-def test_a_killed_gateway_loses_no_job(fresh_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_gateway_loses_no_job(
+    fresh_server: TidalServer, write_module, queue: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
     started = time.monotonic()
     database = fresh_server.state_dir / "tidal.db"
-    fresh_server.start()
+    if queue:
+        url, _, prefix = queue[1].partition("?prefix=")
+        jobs = on_redis(url, prefix)
+    else:
+        jobs = in_sqlite(database)
+
+    def states(_: Path) -> dict[str, int]:
+        return counts(jobs())
+
+    fresh_server.start(*queue)
     assert fresh_server.deploy(write_module(WORK)).returncode == 0
     first = submit_all(fresh_server)
     assert {status for status, _, _ in first.values()} == {202}
@@ -67,7 +121,7 @@ def test_a_killed_gateway_loses_no_job(fresh_server: TidalServer, write_module) 
     at_kill = states(database)
     assert at_kill.get("succeeded", 0) < JOBS, f"the kill came too late to prove anything: {at_kill}"
 
-    restarted = TidalServer(fresh_server.state_dir).start()
+    restarted = TidalServer(fresh_server.state_dir).start(*queue)
     try:
         again = submit_all(restarted)  # a client retrying every submission after the crash
         assert {i: (status, job_id) for i, (status, job_id, _) in again.items()} == {
@@ -83,10 +137,8 @@ def test_a_killed_gateway_loses_no_job(fresh_server: TidalServer, write_module) 
         restarted.stop()
 
     assert states(database) == {"succeeded": JOBS}
+    results = [row[:3] for row in jobs()]
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        results = db.execute(
-            "SELECT idempotency_key, result, attempts FROM jobs WHERE function = 'jwork'"
-        ).fetchall()
         records = dict(
             db.execute("SELECT job, COUNT(*) FROM activations WHERE job != '' GROUP BY job").fetchall()
         )
@@ -95,7 +147,7 @@ def test_a_killed_gateway_loses_no_job(fresh_server: TidalServer, write_module) 
     repeated_attempts = sum(attempts - 1 for _, _, attempts in results)
     repeated_records = sum(count - 1 for count in records.values() if count > 1)
     print(
-        f"\nkill -9 proof: {JOBS} jobs; at the kill {at_kill}; all succeeded after the restart; "
+        f"\nkill -9 proof ({'redis' if queue else 'sqlite'}): {JOBS} jobs; at the kill {at_kill}; all succeeded after the restart; "
         f"attempts beyond the first: {repeated_attempts}; jobs with activation records: {len(records)}, "
         f"executions repeated by those records: {repeated_records} (records not yet written at the kill "
         f"died with the gateway); {time.monotonic() - started:.1f} s"

@@ -199,7 +199,7 @@ async def list_jobs(
 ) -> dict[str, Any]:
     if state is not None and state not in JOB_STATES:
         raise ApiError(400, "BadRequest", f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
-    jobs = await asyncio.to_thread(platform.store.jobs, function, state, limit)
+    jobs = await asyncio.to_thread(platform.job_store.jobs, function, state, limit)
     return {"jobs": [document(job) for job in jobs]}
 
 

@@ -36,7 +36,8 @@ from tidal.router.router import Route, Router, ServingTarget, ShadowServing
 from tidal.shadow.compare import parse_comparator
 from tidal.shadow.mirror import Mirror
 from tidal.shadow.recorder import ShadowRecorder
-from tidal.store.protocols import Store
+from tidal.store.protocols import JobStore, Store
+from tidal.store.redis_jobs import open_job_store
 from tidal.store.sqlite import SQLiteStore
 from tidal.triggers.service import TriggerHub, trigger_sources
 
@@ -58,6 +59,7 @@ class GatewayConfig:
     activation_retention_s: float = DEFAULT_RETENTION_S  # older records go (0: kept whatever their age)
     activation_max_rows: int = DEFAULT_MAX_ROWS  # activations kept at most, the newest (0: no limit)
     buckets_dir: Path | None = None  # local-folder buckets (default STATE_DIR/buckets)
+    queue_url: str | None = None  # `--queue redis://...`: async jobs on Redis (default: in tidal.db)
 
 
 class StateDirBusy(RuntimeError):
@@ -119,14 +121,18 @@ class Platform:
         self.supervisor.add("memory-watchdog", self.backend.watchdog.run)
         policy = RetentionPolicy(config.activation_retention_s, config.activation_max_rows)
         log_dirs = (state_dir / "logs" / "instances", state_dir / "logs" / "templates")
-        self.retention = Retention(self.store, policy, log_dirs, default_sink().open_paths)
+        # Async jobs live in tidal.db, or on Redis with `--queue redis://` (tidal.store.redis_jobs).
+        self.job_store: JobStore = open_job_store(config.queue_url, self.store)
+        self.retention = Retention(
+            self.store, policy, log_dirs, default_sink().open_paths, jobs=self.job_store
+        )
         self.supervisor.add("retention", self.retention.run)
         # Canary rollouts: judged on the store's activations, applied through publish (tidal.rollout).
         self.rollouts = RolloutController(self.store, self.publish, self.recorder.flush)
         self.supervisor.add("rollouts", self.rollouts.run)
         # Async jobs: the dispatcher runs due jobs through the invoker; callbacks go out on their own.
         # This gateway holds the state dir's lock, so jobs left running by an earlier one are orphans.
-        self.jobs = JobService(self.store, self.invoker, sole_gateway=True)
+        self.jobs = JobService(self.job_store, self.invoker, sole_gateway=True)
         self.supervisor.add("job-dispatcher", self.jobs.dispatcher.run)
         self.supervisor.add("job-callbacks", self.jobs.callbacks.run)
         # Event triggers: one supervised source task per stored trigger; each event becomes a job.
@@ -261,5 +267,7 @@ class Platform:
         await self.recorder.flush()
         await self.shadow_recorder.flush()
         await asyncio.gather(*self._event_writes, return_exceptions=True)
+        if self.job_store is not self.store:
+            self.job_store.close()  # type: ignore[attr-defined]
         self.store.close()
         os.close(self._state_lock)

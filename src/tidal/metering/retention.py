@@ -85,8 +85,10 @@ class Retention:
         every_s: float = SWEEP_EVERY_S,
         batch: int = BATCH_ROWS,
         clock: Callable[[], float] = time.time,
+        jobs: JobStore | None = None,
     ) -> None:
         self.store = store
+        self.jobs = jobs or store  # `tidal up --queue redis://` keeps jobs out of the main store
         self.policy = policy
         self.log_dirs = list(log_dirs)
         self.open_logs = open_logs  # the log files a live process may still write
@@ -111,7 +113,7 @@ class Retention:
             parts["rejection counts"] = lambda: self.store.delete_rejections(plan.before, self.batch)
             parts["shadow results"] = lambda: self.store.delete_shadow_results(plan.before, self.batch)
             # Finished jobs (dead ones too) by when they ended; their idempotency keys go with them.
-            parts["jobs"] = lambda: self.store.delete_jobs(plan.before, self.batch)
+            parts["jobs"] = lambda: self.jobs.delete_jobs(plan.before, self.batch)
         deleted = {kind: await self._in_batches(kind, delete) for kind, delete in parts.items()}
         if plan.before > 0 and self.log_dirs:
             deleted["log files"] = await self._remove_logs(plan.before)
