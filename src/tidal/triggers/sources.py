@@ -11,11 +11,18 @@ the trigger's cursor (modification time in ns, then key). Files older than the t
 created never fire; a file moved in with an old modification time (``cp -p``, ``mv`` of an old
 file) is not seen by the scan: put it through the API, or touch it. Each object version (key and
 ETag) is one job, whichever path found it first.
+
+An object of at most ``INLINE_BODY_LIMIT`` bytes travels inside its event, base64 in
+``Records[0]["tidal"]["body_base64"]``: function code runs sandboxed and cannot open the bucket's
+folder (nor holds an admin key to read it through the API). A bigger object's event carries only
+its key, size and ETag.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidal.triggers")
 
+INLINE_BODY_LIMIT = 4 * 1024 * 1024  # base64 makes it 5.3 MB: still under a job's 6 MiB body
 MAX_SLEEP_S = 30.0  # a cron source looks again at least this often (a clock jump, a long sleep)
 
 
@@ -79,9 +87,12 @@ class BucketSource:
         if not self.wants(info.key):
             return 0
         version = hashlib.sha256(f"{info.key}\0{info.etag}".encode()).hexdigest()[:32]
-        job = await self.hub.submit(
-            self.trigger, object_event(self.bucket, info), f"bucket:{self.trigger.id}:{version}"
-        )
+        event = object_event(self.bucket, info)
+        if info.size <= INLINE_BODY_LIMIT:
+            # An object gone since it was seen: the event still names it.
+            with contextlib.suppress(FileNotFoundError, BucketError):
+                inline_body(event, await asyncio.to_thread(self.hub.buckets.get, self.bucket, info.key))
+        job = await self.hub.submit(self.trigger, event, f"bucket:{self.trigger.id}:{version}")
         if job is not None and self.output_prefix:
             self.hub.background(self._write_result(job, info.key))
         return 1
@@ -132,6 +143,11 @@ class BucketSource:
 
 def _position(item: ObjectInfo) -> tuple[int, str]:
     return (item.modified_ns, item.key)
+
+
+def inline_body(event: dict[str, Any], body: bytes) -> None:
+    """Put the object's bytes into its event record (``Records[0]["tidal"]["body_base64"]``)."""
+    event["Records"][0]["tidal"] = {"body_base64": base64.b64encode(body).decode()}
 
 
 def object_event(bucket: str, info: ObjectInfo) -> dict[str, Any]:
