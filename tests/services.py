@@ -1,4 +1,4 @@
-"""The real services some tests talk to (Redis, NATS): found running, or started here, never skipped.
+"""The real services some tests talk to (Redis, NATS, RabbitMQ): found running, or started here, never skipped.
 
 Each fixture checks the server answers; if not, it starts it (``redis-server --daemonize yes``,
 ``nats-server -js`` in the background) when the binary exists, else installs it with apt-get, and
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-REDIS_PORT, NATS_PORT = 6379, 4222
+REDIS_PORT, NATS_PORT, RABBITMQ_PORT = 6379, 4222, 5672
 
 
 def answers(port: int, hello: bytes, expect: bytes, timeout: float = 1.0) -> bool:
@@ -67,3 +67,11 @@ def nats_url() -> Iterator[str]:
     _ensure("NATS", "nats-server", "nats-server", ["nats-server", "-js", "-p", str(NATS_PORT)],
             lambda: answers(NATS_PORT, b"", b"INFO"))  # fmt: skip
     yield f"nats://127.0.0.1:{NATS_PORT}"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A real RabbitMQ on 127.0.0.1:5672, guest/guest (started if missing)."""
+    _ensure("RabbitMQ", "rabbitmq-server", "rabbitmq-server", ["rabbitmq-server"],
+            lambda: answers(RABBITMQ_PORT, b"AMQP\x00\x00\x09\x01", b"\x01\x00\x00", timeout=3.0))  # fmt: skip
+    yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/"

@@ -54,7 +54,7 @@ def add(
     output_prefix: Annotated[str | None, typer.Option(help="--bucket: write the JSON result to PREFIX+KEY.json")] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help="--bucket: an S3-compatible store: aws or http(s)://HOST:PORT")] = None,
     s3_region: Annotated[str | None, typer.Option(help="--bucket with --s3-endpoint: the region (us-east-1)")] = None,
-    queue: Annotated[str | None, typer.Option(help="a Redis stream's server: redis://HOST:PORT/DB")] = None,
+    queue: Annotated[str | None, typer.Option(help="the queue's server: redis://HOST:PORT/DB, nats://HOST:PORT or amqp://USER:PASS@HOST:PORT/VHOST")] = None,
     stream: Annotated[str | None, typer.Option(help="--queue: the stream (default tidal)")] = None,
     batch: Annotated[int | None, typer.Option(help="--queue: messages read at once (10)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="--queue: messages in flight at once (4)")] = None,

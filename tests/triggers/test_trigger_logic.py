@@ -132,3 +132,18 @@ def test_the_helpers_give_what_the_spec_takes() -> None:
     assert spec.triggers[2]["group"] == "tidal-f" and "triggers" in spec.function_settings()
     with pytest.raises(SpecError, match=r"triggers\[0\]: cron trigger: schedule 'soon'"):
         validate_spec({"name": "f", "triggers": [tidal.cron("soon")]})
+
+
+def test_a_rabbitmq_queue_trigger_is_checked_and_named() -> None:
+    from tidal.triggers.rabbitmq_queue import message_key
+
+    config = check_trigger(
+        {"kind": "queue", "url": "amqp://guest:guest@127.0.0.1:5672/", "stream": "orders"}, "f"
+    )
+    assert config["dead_letter"] == "orders.dead" and config["group"] == "tidal-f"
+    with pytest.raises(TriggerError, match=r"reserves queue names starting 'amq\.'"):
+        check_trigger({"kind": "queue", "url": "amqps://h/", "stream": "amq.gen-1"}, "f")
+    with pytest.raises(TriggerError, match="'subject' is for nats://"):
+        check_trigger({"kind": "queue", "url": "amqp://h/", "subject": "x"}, "f")
+    assert message_key("orders", "order-7", b"{}") == ("order-7", True)
+    assert message_key("orders", None, b"{}") == (f"orders:{hashlib.sha256(b'{}').hexdigest()[:16]}", False)

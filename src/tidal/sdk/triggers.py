@@ -33,6 +33,7 @@ def bucket(
 
 
 def queue(url: str, stream: str = "tidal", **options: Any) -> dict[str, Any]:
-    """Run for each message of a Redis stream (``redis://HOST:PORT/DB``). Options: ``group``,
+    """Run for each message of a Redis stream (``redis://HOST:PORT/DB``), a NATS JetStream stream
+    (``nats://HOST:PORT``) or a RabbitMQ queue (``amqp://USER:PASS@HOST:PORT/VHOST``). Options: ``group``,
     ``batch``, ``concurrency``, ``max_deliveries``, ``dead_letter``, ``visibility_timeout``."""
     return {"kind": "queue", "url": url, "stream": stream, **options}

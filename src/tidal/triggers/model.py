@@ -10,6 +10,7 @@ returns it complete (defaults filled), so what is stored says everything the run
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import secrets
@@ -21,7 +22,7 @@ KINDS = ("cron", "bucket", "queue")
 TRIGGER_ID_PREFIX = "trg-"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 STREAM_NAME = re.compile(r"^[\x21-\x7e]{1,200}$")
-QUEUE_SCHEMES = ("redis", "rediss", "nats", "tls")
+QUEUE_SCHEMES = ("redis", "rediss", "nats", "tls", "amqp", "amqps")
 NATS_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # JetStream: no spaces, dots or wildcards
 
 DEFAULT_CATCHUP_S = 3600.0  # cron: a run missed while down fires once if it is at most this old
@@ -136,7 +137,8 @@ def _queue(config: dict[str, Any], function: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme not in QUEUE_SCHEMES or not parts.hostname:
         raise TriggerError(
-            f"queue trigger: url must be redis://HOST[:PORT][/DB] or nats://HOST[:PORT], not {url!r}"
+            "queue trigger: url must be redis://HOST[:PORT][/DB], nats://HOST[:PORT] or "
+            f"amqp://USER:PASSWORD@HOST[:PORT][/VHOST], not {url!r}"
         )
     try:
         parts.port  # noqa: B018 (raises ValueError for a port that is no number)
@@ -159,9 +161,17 @@ def _queue(config: dict[str, Any], function: str) -> dict[str, Any]:
         config["subject"] = _text(config, "subject") or stream
     elif _text(config, "subject"):
         raise TriggerError(
-            "queue trigger: 'subject' is for nats:// queues (a Redis stream is its own subject)"
+            "queue trigger: 'subject' is for nats:// queues (a Redis stream or RabbitMQ queue is its own subject)"
         )
-    config["dead_letter"] = _text(config, "dead_letter") or (f"{stream}-dead" if nats else f"{stream}:dead")
+    rabbit = parts.scheme in ("amqp", "amqps")
+    if rabbit and importlib.util.find_spec("aio_pika") is None:
+        raise TriggerError(
+            "queue trigger: amqp:// queues need RabbitMQ's client: pip install 'tidal[rabbitmq]'"
+        )
+    if rabbit and stream.startswith("amq."):
+        raise TriggerError(f"queue trigger: RabbitMQ reserves queue names starting 'amq.' ({stream!r})")
+    default_dead = f"{stream}-dead" if nats else f"{stream}.dead" if rabbit else f"{stream}:dead"
+    config["dead_letter"] = _text(config, "dead_letter") or default_dead
     if config["dead_letter"] == stream:
         raise TriggerError("queue trigger: dead_letter must differ from stream (a poison message would loop)")
     config["batch"] = int(_number(config, "batch", 1, 1000, integer=True))

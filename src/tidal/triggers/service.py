@@ -263,7 +263,12 @@ def bucket_source(trigger: TriggerRecord, hub: TriggerHub) -> Source:
 
 
 def queue_source(trigger: TriggerRecord, hub: TriggerHub) -> Source:
-    """Redis Streams for redis:// and rediss://, NATS JetStream for nats:// and tls://."""
+    """Redis Streams for redis:// and rediss://, NATS JetStream for nats:// and tls://, RabbitMQ
+    for amqp:// and amqps:// (the ``rabbitmq`` extra)."""
+    if str(trigger.config["url"]).startswith(("amqp:", "amqps:")):
+        from tidal.triggers.rabbitmq_queue import RabbitQueueSource
+
+        return RabbitQueueSource(trigger, hub)
     if str(trigger.config["url"]).startswith(("nats:", "tls:")):
         from tidal.triggers.nats_queue import NatsQueueSource
 
