@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tidal.client import DEFAULT_URL, Client, TidalError, resolve_key
+from tidal.metering.prices import PriceSheet
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION
 from tidal.spec import parse_duration
 
@@ -99,9 +100,34 @@ def up(
     buckets_dir: Annotated[
         Path | None, typer.Option(help="local-folder buckets live here (default STATE_DIR/buckets)")
     ] = None,
+    price_sheet: Annotated[
+        Path | None,
+        typer.Option(help="TOML prices for `tidal usage` (default: AWS Lambda's; docs/metering.md)"),
+    ] = None,
     queue: Annotated[
         str | None,
-        typer.Option(help="keep async jobs on Redis: redis://HOST:PORT/DB[?prefix=tidal:] (default: tidal.db)"),
+        typer.Option(
+            help="keep async jobs on Redis: redis://HOST:PORT/DB[?prefix=tidal:] (default: tidal.db)"
+        ),
+    ] = None,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="largest request line and headers, bytes (past it: 431)")
+    ] = 64 * 1024,
+    header_timeout: Annotated[
+        str, typer.Option(help="a request line and headers must arrive within this (slowloris: 408, closed)")
+    ] = "10s",
+    body_timeout: Annotated[
+        str, typer.Option(help="close a connection whose request body stops arriving for this long")
+    ] = "30s",
+    code_quota_mb: Annotated[
+        int, typer.Option(min=0, help="disk for all deployed code together, MiB (0: no quota)")
+    ] = 20 * 1024,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="serve GET /metrics without the admin key")
+    ] = False,
+    otel_endpoint: Annotated[
+        str | None,
+        typer.Option(help="send OpenTelemetry traces over OTLP/HTTP (http://HOST:4318; the otel extra)"),
     ] = None,
     log_level: str = "info",
 ) -> None:
@@ -110,6 +136,7 @@ def up(
     from redis.exceptions import RedisError
 
     from tidal.gateway.app import Gateway
+    from tidal.gateway.http_guard import HttpLimits, guarded_protocol
     from tidal.gateway.platform import GatewayConfig, StateDirBusy
     from tidal.store.errors import StoreError
 
@@ -122,6 +149,13 @@ def up(
         fail(f"--template-idle: {exc}")
         raise AssertionError from None  # fail() exits
     retention_s = seconds(activation_retention, "--activation-retention")
+    http_limits = HttpLimits(
+        max_header_bytes, seconds(header_timeout, "--header-timeout") or 10.0,
+        seconds(body_timeout, "--body-timeout") or 30.0,
+    )  # fmt: skip
+    prices = _price_sheet(price_sheet)
+    if otel_endpoint is not None and not otel_endpoint.startswith(("http://", "https://")):
+        fail(f"--otel-endpoint {otel_endpoint}: expected an http:// or https:// URL (OTLP/HTTP)")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         gateway = Gateway(
@@ -134,7 +168,11 @@ def up(
                 activation_retention_s=retention_s or 0.0,
                 activation_max_rows=activation_max_rows,
                 buckets_dir=buckets_dir,
+                code_quota_bytes=code_quota_mb * 1024 * 1024,
                 queue_url=queue,
+                metrics_public=metrics_public,
+                otel_endpoint=otel_endpoint,
+                prices=prices,
             )
         )
     except (StateDirBusy, StoreError) as exc:
@@ -160,7 +198,9 @@ def up(
         log_level=log_level,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        # httptools with a header size limit and header/body timeouts (tidal.gateway.http_guard).
+        http=guarded_protocol(http_limits),
+        timeout_keep_alive=5,
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
@@ -250,8 +290,15 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
         f"sandbox: {isolation.get('sandbox', '?')}; limits: {isolation.get('limits', '?')}", highlight=False
     )
     out.print(template_line(info.get("template")), highlight=False)
+    if info.get("keep_alive"):
+        from tidal.keepalive.view import keep_alive_line
+
+        out.print(keep_alive_line(info["keep_alive"], time.time()), highlight=False)
     for line in gpu_lines(info):
         out.print(line, highlight=False)
+    held = [f"{item['id']}: {', '.join(item['models'])}" for item in instances["list"] if item.get("models")]
+    if held:  # a multiplexed function (max_models)
+        out.print("models loaded (least recently used first): " + "; ".join(held), highlight=False)
     out.print("spec: " + json.dumps(info["spec"]), highlight=False)
     table = Table("revision", "created", "code digest", "entry", "environment")
     for revision in info["revisions"]:
@@ -320,9 +367,18 @@ def invoke(
 
 
 @app.command()
-def activations(name: str, limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def activations(
+    name: str,
+    limit: int = 20,
+    status: Annotated[
+        list[str] | None, typer.Option(help="only this status: ok, error, timeout... (repeatable)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="only the last 1h, 30m, 7d")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Recent invocations of a function, newest first."""
-    items = call("GET", f"/v1/functions/{name}/activations", params={"limit": limit})["activations"]
+    params: dict[str, Any] = {"limit": limit, "status": status or [], **({"since": since} if since else {})}
+    items = call("GET", f"/v1/functions/{name}/activations", params=params)["activations"]
     if as_json:
         out.print_json(data=items)
         return
@@ -419,6 +475,17 @@ def seconds(text: str | None, flag: str) -> float | None:
         raise AssertionError from None  # fail() exits
 
 
+def _price_sheet(path: Path | None) -> PriceSheet:
+    """``tidal up --price-sheet FILE``: the prices in FILE (a bad file exits with its reason)."""
+    from tidal.metering.prices import PriceSheetError, load_price_sheet
+
+    try:
+        return load_price_sheet(path)
+    except PriceSheetError as exc:
+        fail(f"--price-sheet: {exc}")
+        raise AssertionError from None  # fail() exits
+
+
 def template_line(template: dict[str, Any] | None) -> str:
     """`tidal status`'s line about the function's warm template: its memory and how long unused."""
     if template is None:
@@ -476,10 +543,14 @@ from tidal import (  # noqa: E402, F401
     cli_buckets,
     cli_deploy,
     cli_jobs,
+    cli_optimize,
     cli_rollout,
     cli_shadow,
+    cli_simulate,
+    cli_top,
     cli_traffic,
     cli_triggers,
+    cli_usage,
 )
 
 if __name__ == "__main__":

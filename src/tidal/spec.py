@@ -174,6 +174,15 @@ class Style(StrEnum):
 _REVISION_DEFAULTS: dict[str, Any] = {}  # filled once by FunctionSpec.revision_defaults()
 
 
+def _keep_alive_policy(value: Any) -> Any:
+    """A keep-alive policy as its canonical text (``300`` -> ``fixed:5m``); ValueError names what is taken."""
+    if value is None:
+        return None
+    from tidal.keepalive.policy import describe, parse_policy  # small: pure parsing, no I/O
+
+    return describe(parse_policy(value))
+
+
 class FunctionSpec(BaseModel):
     """Resources, limits and scaling of one function. Each field's ``description`` says its unit."""
 
@@ -279,6 +288,13 @@ class FunctionSpec(BaseModel):
         description="idle time before the last instance goes (with `min_instances` 0)",
         json_schema_extra=REVISION,
     )
+    keep_alive: Annotated[str | None, BeforeValidator(_keep_alive_policy)] = Field(
+        None,
+        description="how long an idle function keeps its template and an instance loaded, and when it"
+        " pre-warms: seconds (`300`, `10m`, `fixed:10m`) or `hybrid` (learns the idle times between"
+        " calls; `hybrid:bin=1s,range=2m,...`); see docs/keep-alive.md",
+        json_schema_extra={**FUNCTION, "default_text": "none (`scale_to_zero_after`, `--template-idle`)"},
+    )
     max_queue: int = Field(
         100,
         ge=0,
@@ -301,6 +317,15 @@ class FunctionSpec(BaseModel):
             "default_text": "none",
             "flag_metavar": "SIZE[,max_wait=DUR][,target_p99=DUR]",
         },
+    )
+    max_models: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="model multiplexing: each instance keeps up to this many models loaded (LRU) through the"
+        " class's `load_model(self, model_id)`; a request names its model with the `x-tidal-model` header and"
+        " is routed to an instance that holds it; 0: off",
+        json_schema_extra=REVISION,
     )
     # -- async jobs (tidal.jobs): what happens to a job whose attempt failed, and after it ends --
     retries: int = Field(
@@ -397,6 +422,10 @@ class FunctionSpec(BaseModel):
                 f"concurrency ({self.concurrency}) is below batch.max_size ({self.batch.max_size}): an instance"
                 " could never fill a batch; raise it or leave it out (it then becomes 2 x max_size)"
             )
+        if self.max_models and self.batch is not None:
+            raise ValueError(
+                "max_models and batch cannot be combined: a batch may mix requests for several models"
+            )
         if self.target_concurrency is not None and self.target_concurrency > self.concurrency:
             raise ValueError(
                 f"target_concurrency ({self.target_concurrency:g}) is above concurrency ({self.concurrency})"
@@ -436,7 +465,7 @@ class FunctionSpec(BaseModel):
         """The function-level fields only: they apply to every revision, and change none.
 
         >>> sorted(FunctionSpec(name="x", public=True).function_settings())
-        ['max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key', 'triggers']
+        ['keep_alive', 'max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key', 'triggers']
         """
         return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
 

@@ -76,6 +76,13 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(
     assert [response.json()["text"] for response in responses] == [f"ITEM {i}" for i in range(10)]
     sizes = [int(response.headers["x-tidal-batch-size"]) for response in responses]
     assert max(sizes) <= 4 and max(sizes) > 1  # max_size respected, and requests did share calls
+    recorded = [
+        tidal_server.client.get(f"/v1/activations/{response.headers['x-tidal-activation']}").json()[
+            "batch_size"
+        ]
+        for response in responses
+    ]
+    assert recorded == sizes  # each activation record keeps the size of the batch it ran in
     calls = max((response.json()["calls"] for response in responses), key=len)[1:]  # after the lone call
     assert sum(calls) == 10 and len(calls) < 10 and max(calls) <= 4
 

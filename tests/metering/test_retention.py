@@ -20,6 +20,7 @@ from tidal.metering.retention import (
 )
 from tidal.spec import parse_duration
 from tidal.store import SQLiteStore
+from tidal.store.models import InstanceLife
 
 NOW = 100 * DAY_S  # a virtual "now", in epoch seconds
 
@@ -49,11 +50,15 @@ async def test_a_sweep_deletes_what_is_past_the_retention_and_the_row_cap(store:
     store.add_scaling_event("echo", "echo-00001", NOW - 8 * DAY_S, 0, 1, "demand")
     store.add_scaling_event("echo", "echo-00001", NOW - 1 * DAY_S, 1, 0, "idle")
     store.add_rejections({("echo", int(NOW - 9 * DAY_S) // 60 * 60): 40, ("echo", int(NOW) // 60 * 60): 3})
+    ended, running = (InstanceLife(f"i{n}", "echo", "echo-00001", 128, 0.0, NOW - 9 * DAY_S, stop)
+                      for n, stop in enumerate([NOW - 8 * DAY_S, 0.0]))  # fmt: skip
+    store.add_instance_lives([ended, running], [])
     retention = Retention(store, RetentionPolicy(7 * DAY_S, max_rows=4), batch=2)
 
     deleted = await retention.sweep(NOW)
 
-    counts = {"activations": 5, "scaling events": 1, "rejection counts": 1, "shadow results": 0, "jobs": 0}
+    counts = {"activations": 5, "scaling events": 1, "rejection counts": 1, "shadow results": 0,
+              "instance lives": 1, "jobs": 0}  # fmt: skip
     assert deleted == counts
     remaining = sorted(round((NOW - item.start) / DAY_S, 1) for item in store.activations("echo"))
     assert remaining == [0.1, 0.5, 1, 2]  # the newest four, all within the week

@@ -42,9 +42,11 @@ SAMPLE: dict[str, Any] = {
     "max_scale_down_rate": 4,
     "scale_down_delay": "500ms",
     "scale_to_zero_after": "5m",
+    "keep_alive": "hybrid",
     "max_queue": 10,
     "load_once": True,
     "batch": {"max_size": 8, "max_wait_ms": 5, "target_p99_ms": 50},
+    "max_models": 0,  # with a batch it must be 0 (a batch may mix models)
     "retries": 3,
     "max_event_age": "1h",
     "on_success": "notify",

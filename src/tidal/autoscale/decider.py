@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from tidal.spec import FunctionSpec
 
@@ -30,6 +31,19 @@ class DeciderState:
     panic_desired: int = 0  # the most instances wished for during this panic
     last_active: float | None = None  # the last time any request was in flight or queued
     recent_wishes: tuple[tuple[float, int], ...] = field(default_factory=tuple)  # for scale_down_delay
+
+
+@dataclass(frozen=True)
+class KeepAliveWish:
+    """What a function's keep-alive policy (tidal.keepalive) wants of an idle revision now; it
+    replaces the scale-to-zero stage (``scale_to_zero_after``) while the function has a policy.
+
+    ``action``: "hold" keeps what is loaded (at most one instance; starts none), "prewarm" has one
+    instance up (started if need be), "unload" drops to zero now.
+    """
+
+    action: Literal["hold", "prewarm", "unload"]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,12 @@ def bounded(desired: int, spec: FunctionSpec) -> int:
 
 
 def decide(
-    now: float, samples: Sequence[Sample], ready: int, spec: FunctionSpec, state: DeciderState
+    now: float,
+    samples: Sequence[Sample],
+    ready: int,
+    spec: FunctionSpec,
+    state: DeciderState,
+    keep_alive: KeepAliveWish | None = None,
 ) -> tuple[Decision, DeciderState]:
     stable = window_average(samples, now, spec.stable_window)
     panic_avg = window_average(samples, now, spec.panic_window)
@@ -100,7 +119,9 @@ def decide(
         state = replace(state, panic_since=None, panic_desired=0)
 
     desired, state = delayed_scale_down(now, desired, spec, state)
-    if idle_long_enough(now, last_active, spec) and spec.min_instances == 0:
+    if keep_alive is not None and spec.min_instances == 0:
+        desired, reason = kept_alive(desired, ready, keep_alive, reason)
+    elif idle_long_enough(now, last_active, spec) and spec.min_instances == 0:
         desired, reason = 0, f"idle for {spec.scale_to_zero_after:g} s: scale to zero"
     elif desired == 0 and last_active is not None:
         desired = 1  # some demand inside the window but not idle long enough: keep one
@@ -117,6 +138,21 @@ def delayed_scale_down(
     wishes = tuple((when, value) for when, value in state.recent_wishes if now - when < spec.scale_down_delay)
     wishes += ((now, desired),)
     return max(value for _, value in wishes), replace(state, recent_wishes=wishes)
+
+
+def kept_alive(desired: int, ready: int, wish: KeepAliveWish, reason: str) -> tuple[int, str]:
+    """The keep-alive stage: the policy's wish for an idle revision, in place of scale to zero.
+
+    "unload" -> 0 and "prewarm" -> 1, whatever the stable window still averages (nothing is in
+    flight: the calls it holds are over); "hold" -> the concurrency wish, but keeping one of the
+    ``ready`` instances and starting none. The wish's reason is the decision's when it set the count.
+    """
+    if wish.action == "unload":
+        return 0, wish.reason
+    if wish.action == "prewarm":
+        return 1, wish.reason
+    floor = min(ready, 1)
+    return (floor, wish.reason) if desired < floor else (desired, reason)
 
 
 def idle_long_enough(now: float, last_active: float | None, spec: FunctionSpec) -> bool:

@@ -1,7 +1,7 @@
 """The autoscaler loop: every tick, sample each serving pool, ask the pure decider, apply.
 
 A request that has to wait pokes the loop so it decides at once instead of at the next tick (the
-activator's signal). Each pool is handled in its own try/except: one failing function never stops
+activator's signal); so does the keep-alive keeper at the edges of its windows. Each pool is handled in its own try/except: one failing function never stops
 the scaling of the others.
 """
 
@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tidal.autoscale.decider import DeciderState, Sample, decide
+from tidal.autoscale.decider import DeciderState, KeepAliveWish, Sample, decide
 from tidal.router.pool import RevisionPool, ScalingEvent
 
 log = logging.getLogger("tidal.autoscale")
@@ -33,10 +33,12 @@ class Autoscaler:
         pools: Callable[[], list[RevisionPool]],
         tick_s: float = 1.0,
         on_event: Callable[[ScalingEvent], None] = lambda _: None,
+        keep_alive: Callable[[RevisionPool], KeepAliveWish | None] = lambda _: None,
     ) -> None:
         self.pools = pools
         self.tick_s = tick_s
         self.on_event = on_event
+        self.keep_alive = keep_alive  # the function's keep-alive wish (tidal.keepalive.live), if any
         self._history: dict[str, PoolHistory] = {}
         self._poked = asyncio.Event()
 
@@ -68,7 +70,8 @@ class Autoscaler:
         history.samples.append((now, pool.meter.take(now)))
         while history.samples and history.samples[0][0] <= now - pool.spec.stable_window:
             history.samples.popleft()
-        decision, history.state = decide(now, history.samples, pool.size, pool.spec, history.state)
+        wish = self.keep_alive(pool)
+        decision, history.state = decide(now, history.samples, pool.size, pool.spec, history.state, wish)
         pool.panic = decision.panic
         event = pool.scale_to(decision.desired, decision.reason)
         if event is not None:

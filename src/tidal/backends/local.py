@@ -140,6 +140,11 @@ class LocalBackend:
         """Stop the templates idle past ``template_idle_s``; how many (``Templates.reap``)."""
         return await self._templates.reap(now)
 
+    async def drop_template(self, launch: InstanceSpec) -> bool:
+        """Stop the revision's template now unless it builds or has live instances (keep-alive's
+        unload); whether it went. The next start, or a pre-warm, builds it again."""
+        return await self._templates.drop(launch)
+
     async def reap_templates_forever(self) -> None:
         await self._templates.reap_forever()
 
@@ -221,6 +226,7 @@ class LocalBackend:
             memory_mb=spec.memory,
             visible_gpus=visible_gpus,
             batch=BatchConfig(**spec.batch.model_dump()) if spec.batch is not None else None,
+            max_models=spec.max_models,
         )
         handle = InstanceHandle(
             id=instance_id,

@@ -201,6 +201,20 @@ class Templates:
         await asyncio.gather(*(self._reap(template, now - template.last_used) for template in idle))
         return len(idle)
 
+    async def drop(self, launch: InstanceSpec) -> bool:
+        """Stop ``launch``'s template now, as keep-alive's unload does; whether it went.
+
+        Kept (False) while it builds (a start may wait for it) or is the parent of a live or forking
+        instance; the caller asks again later. The next start builds it again.
+        """
+        key = TemplateKey.of(launch)
+        template = self._live.get(key)
+        if template is None or template.built_at is None or template.live_instances > 0:
+            return False
+        del self._live[key]
+        await self._reap(template, time.monotonic() - template.last_used)
+        return True
+
     async def _reap(self, template: TemplateProcess, idle_s: float) -> None:
         rss_mb = template.info()["rss_mb"]
         try:

@@ -15,20 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import time
 import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
 from tidal.backends.isolation import Isolation, instance_env
-from tidal.deploy.bundle import BundleError, unpack
+from tidal.deploy.bundle import BundleError, disk_usage, unpack
 from tidal.environments.builder import EnvironmentBuilder, EnvironmentBuildError, Progress
 from tidal.environments.requirements import Requirements, RequirementsError, declared
 from tidal.environments.runtime import Environments
@@ -37,6 +39,7 @@ from tidal.store.models import Revision, revision_digest
 from tidal.store.protocols import FunctionStore
 
 INSPECT_TIMEOUT_S = 180.0
+ORPHAN_PIPES_S = 5.0  # after killing what an import forked, its pipes close in this time
 DEPLOY_CONFIG = "tidal.toml"
 ENTRY_CANDIDATES = ("main.py", "handler.py", "lambda_function.py", "app.py")
 # What unpack() leaves in the code root: code/<sha256 hex>, and .unpack-* while it writes one.
@@ -83,6 +86,7 @@ class Deployer:
         environments: Environments,
         builder: EnvironmentBuilder,
         isolation: Isolation | None = None,
+        code_quota_bytes: int = 0,
     ) -> None:
         self.store = store
         self.code_root = code_root
@@ -90,6 +94,7 @@ class Deployer:
         self.environments = environments  # which Python a revision runs (inspection included)
         self.builder = builder  # installs a bundle's requirements
         self.isolation = isolation  # inspection imports user code: in the sandbox, like instances
+        self.code_quota_bytes = code_quota_bytes  # all code dirs together, at most (0: no quota)
         self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
         self._code_lock = asyncio.Lock()  # unpacking a bundle vs removing unused code dirs
         self._deploying: Counter[str] = Counter()  # code digests of deploys under way
@@ -98,14 +103,14 @@ class Deployer:
         return self.code_root / revision.code_digest
 
     async def deploy(
-        self, bundle: bytes, options: DeployOptions, progress: Progress = _no_progress
+        self, bundle: bytes | BinaryIO, options: DeployOptions, progress: Progress = _no_progress
     ) -> list[Deployed]:
         """Store and publish the bundle's functions; ``progress`` hears what takes time (installing
         requirements), a line at a time.
         """
         async with self._code_lock:
             try:
-                code_dir, code_digest, names = await asyncio.to_thread(unpack, bundle, self.code_root)
+                code_dir, code_digest, names = await asyncio.to_thread(self._unpack, bundle)
             except BundleError as exc:
                 raise DeployError(str(exc)) from None
             self._deploying[code_digest] += 1
@@ -115,6 +120,12 @@ class Deployer:
             self._deploying[code_digest] -= 1
             if not self._deploying[code_digest]:
                 del self._deploying[code_digest]
+
+    def _unpack(self, bundle: bytes | BinaryIO) -> tuple[Path, str, list[str]]:
+        disk_left = None
+        if self.code_quota_bytes:
+            disk_left = self.code_quota_bytes - disk_usage(self.code_root)
+        return unpack(bundle, self.code_root, disk_left)
 
     async def remove_unused_code(self, in_use: Collection[str] = ()) -> list[str]:
         """Delete the code dirs that no stored revision, no deploy under way and nothing in
@@ -136,6 +147,7 @@ class Deployer:
         self, code_dir: Path, code_digest: str, names: list[str], options: DeployOptions, progress: Progress
     ) -> list[Deployed]:
         settings = _read_settings(code_dir)
+        _check_setting_types(settings)
         from_config = settings.pop("requirements", None)
         style = _style(options.style or settings.pop("style", None) or "native")
         handler = options.handler or settings.pop("handler", None)
@@ -230,15 +242,21 @@ class Deployer:
             if sandbox is not None:
                 await asyncio.to_thread(self.isolation.prepare_code, str(code_dir))
                 own["TIDAL_SANDBOX"] = msgspec.json.encode(sandbox).decode()
+        # A session of its own: whatever the import forks can be found (its process group) and ended.
         process = await asyncio.create_subprocess_exec(
             *command, cwd=code_dir, env=instance_env({}, own), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), INSPECT_TIMEOUT_S)
+            stdout, stderr, outlived = await asyncio.wait_for(_inspection_output(process), INSPECT_TIMEOUT_S)
         except TimeoutError:
-            process.kill()
+            _kill_group(process.pid)
             raise DeployError(f"importing {module!r} took longer than {INSPECT_TIMEOUT_S:g} s") from None
+        if outlived:
+            raise DeployError(
+                f"importing {module!r} started processes that outlive the import (os.fork, a daemon):"
+                " start them in setup or in the call, not at import"
+            )
         try:
             answer = json.loads(stdout)
         except json.JSONDecodeError:
@@ -247,6 +265,33 @@ class Deployer:
         if not answer.get("ok"):
             raise DeployError(answer.get("error", "inspection failed"))
         return list(answer["functions"])
+
+
+async def _inspection_output(process: asyncio.subprocess.Process) -> tuple[bytes, bytes, bool]:
+    """The inspection's stdout and stderr, and whether processes it forked outlived it (they are
+    killed: they would hold its pipes open, and the deploy with them, until the timeout).
+    """
+    assert process.stdout is not None and process.stderr is not None
+    reads = asyncio.gather(process.stdout.read(), process.stderr.read())
+    try:
+        await process.wait()
+        outlived = _kill_group(process.pid)
+        stdout, stderr = await asyncio.wait_for(reads, ORPHAN_PIPES_S)
+    except BaseException:
+        reads.cancel()
+        raise
+    return stdout, stderr, outlived
+
+
+def _kill_group(group: int) -> bool:
+    """Kill every process of ``group``; whether there was any."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of the group changed user: only its pipes are ours to close
+        return True
+    return True
 
 
 def _remove_code_dirs(code_root: Path, keep: set[str]) -> list[str]:
@@ -266,8 +311,27 @@ def _read_settings(code_dir: Path) -> dict[str, Any]:
         return {}
     try:
         return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DeployError(f"{DEPLOY_CONFIG} is not valid TOML: {exc}") from None
+    except OSError as exc:  # a folder of that name, say
+        raise DeployError(f"{DEPLOY_CONFIG} cannot be read: {exc.strerror}") from None
+
+
+# tidal.toml keys read here and the type each must have (requirements checks its own).
+SETTING_TYPES: dict[str, tuple[type, str]] = {
+    "name": (str, "a string"),
+    "entry": (str, "a string (a .py file of the bundle)"),
+    "handler": (str, "a string"),
+    "style": (str, "a string"),
+    "spec": (dict, "a table of spec fields ([spec])"),
+}
+
+
+def _check_setting_types(settings: dict[str, Any]) -> None:
+    for key, (wanted, described) in SETTING_TYPES.items():
+        if key in settings and not isinstance(settings[key], wanted):
+            found = type(settings[key]).__name__
+            raise DeployError(f"{DEPLOY_CONFIG}: {key} must be {described}, not {found}")
 
 
 def _style(value: str) -> Style:

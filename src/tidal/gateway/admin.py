@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -51,9 +52,19 @@ Admin = Annotated[Platform, Depends(require_admin)]
 router = APIRouter(prefix="/v1")
 
 
+# Length limits of what the admin API stores or echoes (hardening: no megabyte descriptions).
+MAX_DESCRIPTION = 500
+MAX_SCOPES = 100
+MAX_SCOPE_LENGTH = 80  # "invoke:" and a function name (63) fit
+MAX_PATH_TEXT = 1024  # --entry, --handler, the deployed path's name
+MAX_OVERRIDES = 64 * 1024  # the JSON of spec overrides
+
+
 class KeyRequest(BaseModel):
-    scopes: list[str] = Field(examples=[["invoke:embed"]])
-    description: str = ""
+    scopes: list[Annotated[str, Field(max_length=MAX_SCOPE_LENGTH)]] = Field(
+        examples=[["invoke:embed"]], max_length=MAX_SCOPES
+    )
+    description: str = Field("", max_length=MAX_DESCRIPTION)
 
 
 def _plain(value: Any) -> Any:
@@ -67,6 +78,7 @@ def _route_or_404(platform: Platform, name: str) -> Route:
     return route
 
 
+DEPLOY_SPOOL_BYTES = 8 * 1024 * 1024  # a deploy body past this waits in a temporary file
 REJECTIONS_SHOWN_S = 3600.0  # `GET /v1/functions/NAME` shows the last hour of 429s, per minute
 INSTANCE_COUNTS = ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
                    "start_failures", "start_retry_in_s", "start_error", "lost", "recycled", "rejected")  # fmt: skip
@@ -104,6 +116,8 @@ async def describe_function(
         "instances": {key: pool[key] for key in INSTANCE_COUNTS},
         # The primary revision's warm template (pid, rss_mb, pss_mb, idle_s, built_at ...), or None.
         "template": platform.backend.template_of(primary.pool.launch),
+        # The keep-alive policy, its windows and why, idle times learned, phase now; None: no policy.
+        "keep_alive": platform.keep_alive.describe(route.function),
         "shadow": _shadow_of(route),  # the candidate copies go to (tidal shadow), or None
     }
     body["instances"]["list"] = pool["instances"]
@@ -173,38 +187,51 @@ async def get_function(name: str, platform: Admin) -> dict[str, Any]:
 async def deploy(
     request: Request,
     platform: Admin,
-    source: Annotated[str, Query(description="name of the deployed file or folder")] = "",
-    name: str | None = None,
-    entry: str | None = None,
-    handler: str | None = None,
-    style: str | None = None,
-    overrides: Annotated[str | None, Query(description="JSON object of spec fields")] = None,
+    source: Annotated[
+        str, Query(description="name of the deployed file or folder", max_length=MAX_PATH_TEXT)
+    ] = "",
+    name: Annotated[str | None, Query(max_length=63)] = None,
+    entry: Annotated[str | None, Query(max_length=MAX_PATH_TEXT)] = None,
+    handler: Annotated[str | None, Query(max_length=MAX_PATH_TEXT)] = None,
+    style: Annotated[str | None, Query(max_length=32)] = None,
+    overrides: Annotated[
+        str | None, Query(description="JSON object of spec fields", max_length=MAX_OVERRIDES)
+    ] = None,
     no_traffic: Annotated[
         bool, Query(description="make the revision without sending it traffic (the function's traffic stays)")
     ] = False,
 ) -> Any:
-    limit = platform.config.max_deploy_bytes
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "PayloadTooLarge", f"the bundle exceeds {limit} bytes")
-        chunks.append(chunk)
     try:
         parsed = json.loads(overrides) if overrides else {}
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ApiError(400, "BadRequest", f"overrides is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise ApiError(400, "BadRequest", "overrides must be a JSON object of spec fields")
     options = DeployOptions(source, name, entry, handler, style, parsed, no_traffic)
-    bundle = b"".join(chunks)
-    if "application/x-ndjson" in request.headers.get("accept", ""):
-        return StreamingResponse(_deploy_events(platform, bundle, options), media_type="application/x-ndjson")
+    limit = platform.config.max_deploy_bytes
+    # Spooled: a large bundle goes to a temporary file, never whole into the gateway's memory.
+    bundle = tempfile.SpooledTemporaryFile(max_size=DEPLOY_SPOOL_BYTES)  # noqa: SIM115 (closed below)
+    streamed = False  # the ndjson answer closes the bundle itself, once the deploy is done
     try:
-        deployed = await platform.deployer.deploy(bundle, options)
-    except DeployError as exc:
-        raise ApiError(400, "DeployError", str(exc)) from None
-    return _deployed(deployed)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "PayloadTooLarge", f"the bundle exceeds {limit} bytes")
+            bundle.write(chunk)
+        bundle.seek(0)
+        if "application/x-ndjson" in request.headers.get("accept", ""):
+            streamed = True
+            events = _deploy_events(platform, bundle, options)
+            return StreamingResponse(events, media_type="application/x-ndjson")
+        try:
+            deployed = await platform.deployer.deploy(bundle, options)  # type: ignore[arg-type]
+        except DeployError as exc:
+            raise ApiError(400, "DeployError", str(exc)) from None
+        return _deployed(deployed)
+    finally:
+        if not streamed:
+            bundle.close()
 
 
 def _deployed(deployed: list[Deployed]) -> dict[str, Any]:
@@ -222,13 +249,14 @@ def _deployed(deployed: list[Deployed]) -> dict[str, Any]:
     }
 
 
-async def _deploy_events(platform: Platform, bundle: bytes, options: DeployOptions) -> AsyncIterator[bytes]:
+async def _deploy_events(platform: Platform, bundle: Any, options: DeployOptions) -> AsyncIterator[bytes]:
     """The deploy's progress lines as they come, then its outcome, one JSON document a line.
 
     The deploy runs on its own: a client that hangs up does not stop it half-way.
     """
     lines: asyncio.Queue[str] = asyncio.Queue()
     work = platform.run_chore(platform.deployer.deploy(bundle, options, lines.put_nowait))
+    work.add_done_callback(lambda _: bundle.close())
     while not work.done() or not lines.empty():
         waiter = asyncio.ensure_future(lines.get())
         await asyncio.wait({waiter, work}, return_when=asyncio.FIRST_COMPLETED)
@@ -281,11 +309,20 @@ async def _flushed(platform: Platform) -> None:
 
 @router.get("/functions/{name}/activations", summary="Recent activations, newest first")
 async def list_activations(
-    name: str, platform: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    name: str,
+    platform: Admin,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    status: Annotated[list[str] | None, Query(description="only these statuses: error, timeout,...")] = None,
+    since: Annotated[str | None, Query(max_length=32, description="only the last 1h, 7d...")] = None,
 ) -> dict[str, Any]:
+    from tidal.gateway.usage_api import since_epoch, statuses_of  # filters shared with /v1/usage
+
+    statuses, start = statuses_of(status), since_epoch(since, time.time())
     await _known_function(platform, name)
     await _flushed(platform)
-    activations = await asyncio.to_thread(platform.store.activations, name, limit)
+    activations = await asyncio.to_thread(
+        platform.store.find_activations, name, limit, statuses, start or 0.0
+    )
     return {"activations": [_activation(item, with_logs=False) for item in activations]}
 
 

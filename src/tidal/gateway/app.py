@@ -16,8 +16,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidal import __version__
-from tidal.gateway import admin, buckets_api, jobs_api, rollout_api, shadow_api, traffic_api, triggers_api
-from tidal.gateway.asgi import Receive, Scope, Send, respond
+from tidal.dashboard import api as dashboard_api
+from tidal.gateway import (
+    admin,
+    buckets_api,
+    jobs_api,
+    rollout_api,
+    shadow_api,
+    traffic_api,
+    triggers_api,
+    usage_api,
+)
+from tidal.gateway.asgi import ADMIN_PREFIX, AdminGuard, Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
 from tidal.invoke.outcome import OUTCOMES
@@ -52,6 +62,8 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.include_router(jobs_api.router)
     app.include_router(triggers_api.router)
     app.include_router(buckets_api.router)
+    app.include_router(usage_api.router)  # GET /v1/usage: usage, cost, serverless vs reserved
+    app.include_router(dashboard_api.router)  # the page at / and GET /v1/functions/NAME/series
 
     @app.exception_handler(admin.ApiError)
     async def api_error(_: Request, exc: admin.ApiError) -> JSONResponse:
@@ -123,6 +135,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema["paths"]["/healthz"] = {
             "get": {"summary": "Liveness", "responses": {"200": {"description": "up"}}}
         }
+        schema["paths"]["/metrics"] = {
+            "get": {
+                "summary": "Prometheus metrics (text format); admin key unless `tidal up --metrics-public`",
+                "responses": {"200": {"description": "the exposition text"}, "401": error, "403": error},
+            }
+        }
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -137,6 +155,10 @@ class Gateway:
             jobs_api.AsyncIntake(self.platform.jobs, self.platform.router),
         )  # fmt: skip
         self.admin = build_admin_app(self.platform)
+        self.guarded_admin = AdminGuard(self.admin, self._authenticated)  # key, then body (hardening)
+
+    async def _authenticated(self, authorization: str | None) -> bool:
+        return (await self.platform.keys.identify(authorization)).authenticated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -145,4 +167,8 @@ class Gateway:
                 return await self.invoke(scope, receive, send)
             if path == "/healthz":
                 return await respond(send, 200, b'{"status":"ok"}', b"application/json", [])
+            if path.startswith(ADMIN_PREFIX):
+                return await self.guarded_admin(scope, receive, send)
+            if path == "/metrics":  # Prometheus text format (tidal.observability.metrics)
+                return await self.platform.observability.endpoint(scope, receive, send)
         await self.admin(scope, receive, send)

@@ -33,7 +33,7 @@ from tidal.gateway.asgi import (
 from tidal.invoke.core import Invoker
 from tidal.invoke.outcome import Outcome, OutcomeKind, Stream
 from tidal.invoke.request import InvocationRequest, RequestContext, Trigger
-from tidal.runtime.codec import is_raw
+from tidal.runtime.codec import FRAMING_HEADERS, NO_BODY_STATUSES, is_raw
 
 if TYPE_CHECKING:
     from tidal.gateway.jobs_api import AsyncIntake
@@ -104,15 +104,17 @@ class HttpInvoke:
         target, _, rest = scope["path"][len(PREFIX) :].partition("/")
         name, _, tag = target.partition("@")  # /fn/NAME@TAG targets a revision or tag directly
         route = self.invoker.router.route(name)
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        caller = await self.keys.identify(headers.get("authorization"))
+        # Refusals first (before reading a body nobody may send): a stranger learns nothing of which
+        # names exist, not even from a 405.
+        refused = self.invoker.check(name, caller)
+        if refused is not None:
+            return await render(send, refused)
         if route is not None and not route.any_method and (scope["method"] != "POST" or rest):
             status, allow = (405, [(b"allow", b"POST")]) if not rest else (404, [])
             return await respond_error(send, status, "MethodNotAllowed" if status == 405 else "NotFound",
                                        f"invoke {name!r} with POST {PREFIX}{name}", allow)  # fmt: skip
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
-        caller = await self.keys.identify(headers.get("authorization"))
-        refused = self.invoker.check(name, caller)  # before reading a body nobody may send
-        if refused is not None:
-            return await render(send, refused)
         length = headers.get("content-length")
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -176,9 +178,16 @@ def tidal_headers(outcome: Outcome) -> Headers:
 async def render(send: Send, outcome: Outcome) -> None:
     headers = tidal_headers(outcome)
     if outcome.ok:
-        headers.extend(
-            (key.encode("latin-1"), value.encode("latin-1")) for key, value in outcome.headers.items()
-        )
+        if outcome.headers:  # a lambda-http handler's, checked in its instance (tidal.runtime.codec)
+            try:
+                headers.extend((key.encode("latin-1"), value.encode("latin-1"))
+                               for key, value in outcome.headers.items() if key not in FRAMING_HEADERS)  # fmt: skip
+            except UnicodeEncodeError:
+                message = "the function answered a header HTTP cannot carry"
+                return await respond_error(send, 502, "BadResponse", message, tidal_headers(outcome))
+        if outcome.http_status in NO_BODY_STATUSES:  # no body, and no content-length, may follow
+            await send({"type": "http.response.start", "status": outcome.http_status, "headers": headers})
+            return await send({"type": "http.response.body", "body": b""})
         return await respond(send, outcome.http_status, outcome.body, outcome.content_type.encode(), headers)
     headers.extend(EXTRA_HEADERS.get(outcome.kind, ()))
     await respond_error(

@@ -20,6 +20,7 @@ from tidal.backends.local import LocalBackend
 from tidal.backends.logsink import default_sink
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S
 from tidal.buckets.folder import FolderBuckets
+from tidal.dashboard.history import DashboardState
 from tidal.deploy.bundle import bundle_path
 from tidal.deploy.service import Deployer, DeployOptions
 from tidal.environments.builder import EnvironmentBuilder
@@ -28,8 +29,13 @@ from tidal.gateway.supervisor import Supervisor
 from tidal.invoke.core import Invoker
 from tidal.jobs.dispatcher import attributed
 from tidal.jobs.service import JobService
+from tidal.keepalive.keeper import KeepAliveKeeper
+from tidal.metering.journal import ActivationJournal, replay
+from tidal.metering.lives import InstanceLives
+from tidal.metering.prices import PriceSheet
 from tidal.metering.recorder import ActivationRecorder
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION_S, Retention, RetentionPolicy
+from tidal.observability.wiring import observe
 from tidal.rollout.controller import RolloutController
 from tidal.router.pool import ScalingEvent
 from tidal.router.router import Route, Router, ServingTarget, ShadowServing
@@ -59,7 +65,11 @@ class GatewayConfig:
     activation_retention_s: float = DEFAULT_RETENTION_S  # older records go (0: kept whatever their age)
     activation_max_rows: int = DEFAULT_MAX_ROWS  # activations kept at most, the newest (0: no limit)
     buckets_dir: Path | None = None  # local-folder buckets (default STATE_DIR/buckets)
+    prices: PriceSheet = field(default_factory=PriceSheet)  # usage and cost (tidal up --price-sheet)
+    code_quota_bytes: int = 20 * 1024 * MiB  # all unpacked code dirs together (0: no quota)
     queue_url: str | None = None  # `--queue redis://...`: async jobs on Redis (default: in tidal.db)
+    metrics_public: bool = False  # `--metrics-public`: GET /metrics without the admin key
+    otel_endpoint: str | None = None  # `--otel-endpoint`: OTLP/HTTP traces (or OTEL_EXPORTER_OTLP_* vars)
 
 
 class StateDirBusy(RuntimeError):
@@ -93,6 +103,7 @@ class Platform:
         prepare_state_dir(state_dir)  # created, or fixed, 0711 with private files (state_dir.py)
         self._state_lock = hold_state_dir(state_dir)
         self.store: Store = SQLiteStore(state_dir / "tidal.db")
+        self._recover_metering(state_dir / "journal")
         self.keys = KeyRing(self.store)
         self.admin_key_path = self.keys.ensure_admin_key_file(state_dir)
         self.backend = LocalBackend(
@@ -101,22 +112,34 @@ class Platform:
         isolation = self.backend.describe_isolation()
         level = logging.WARNING if config.insecure_no_sandbox else logging.INFO
         log.log(level, "sandbox: %s; limits: %s", isolation["sandbox"], isolation["limits"])
-        self.autoscaler = Autoscaler(lambda: self.router.pools(), config.autoscale_tick_s, self._record_event)
-        self.router = Router(self.backend, on_demand=self.autoscaler.poke)
-        self.recorder = ActivationRecorder(self.store)
+        # Keep-alive policies (spec `keep_alive`): learn idle times, unload, pre-warm (tidal.keepalive).
+        self.keep_alive = KeepAliveKeeper(
+            self.store, self.backend, lambda: self.router.pools(), lambda: self.autoscaler.poke()
+        )
+        self.autoscaler = Autoscaler(lambda: self.router.pools(), config.autoscale_tick_s, self._record_event,
+                                     self.keep_alive.wish)  # fmt: skip
+        self.lives = InstanceLives(self.store)  # each instance's start and stop (metering)
+        self.router = Router(self.backend, on_demand=self.autoscaler.poke, lives=self.lives)
+        # Each record goes to the journal before its answer is sent (tidal.metering.journal).
+        self.journal = ActivationJournal(state_dir / "journal")
+        self.recorder = ActivationRecorder(self.store, journal=self.journal)
         # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
-        self.invoker = Invoker(self.router, attributed(self.recorder.record), self.recorder.reject)
+        self.invoker = Invoker(
+            self.router, attributed(self.keep_alive.observing(self.recorder.record)), self.recorder.reject
+        )
         self.shadow_recorder = ShadowRecorder(self.store)
         self.invoker.mirror = self.mirror = Mirror(self.invoker, self.shadow_recorder)
         self.environments = EnvironmentBuilder(state_dir / "envs", state_dir / "cache" / "uv")
         self.deployer = Deployer(
             self.store, state_dir / "code", self.publish, self.backend.environments, self.environments,
-            self.backend.isolation,
+            self.backend.isolation, config.code_quota_bytes,
         )  # fmt: skip
         self.supervisor = Supervisor()
         self.supervisor.add("activation-writer", self.recorder.run)
+        self.supervisor.add("instance-lives", self.lives.run)
         self.supervisor.add("shadow-writer", self.shadow_recorder.run)
         self.supervisor.add("autoscaler", self.autoscaler.run)
+        self.supervisor.add("keep-alive", self.keep_alive.run)
         self.supervisor.add("template-reaper", self.backend.reap_templates_forever)
         self.supervisor.add("memory-watchdog", self.backend.watchdog.run)
         policy = RetentionPolicy(config.activation_retention_s, config.activation_max_rows)
@@ -139,15 +162,21 @@ class Platform:
         self.buckets = FolderBuckets((config.buckets_dir or state_dir / "buckets").resolve())
         self.triggers = TriggerHub(self.store, self.jobs, self.buckets, trigger_sources())
         self.supervisor.add("triggers", self.triggers.run)
+        # The dashboard's charts of instances over time: the router's counts sampled each second.
+        self.dashboard = DashboardState(self.router)
+        self.supervisor.add("dashboard-sampler", self.dashboard.sampler.run)
         # Function -> the JSON field whose value is its sticky key (spec `sticky_key`), read by the
         # HTTP adapter only when a split has to be drawn.
         self.sticky_fields: dict[str, str] = {}
         self.function_settings: dict[str, dict[str, object]] = {}  # function-level spec fields, as stored
         self._event_writes: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[Any]] = set()  # background work of admin calls (code removal)
+        # Last, around the invoker as wired above: /metrics counts, traces (tidal.observability).
+        self.observability = observe(self, config.metrics_public, config.otel_endpoint)
 
     async def start(self) -> None:
         """Start the loops, serve every function as the store says, then deploy the --deploy paths."""
+        await asyncio.to_thread(self.keep_alive.load)  # what was learned before a restart
         self.supervisor.start()
         for name in await asyncio.to_thread(self.store.function_names):
             await self.publish(name)
@@ -167,6 +196,8 @@ class Platform:
         store converges by calling this when told of the change (see docs/several-gateways.md).
         """
         record = await asyncio.to_thread(self.store.function, function)
+        self.keep_alive.configure(function, record.settings.get("keep_alive") if record is not None else None,
+                                  stored=record is not None)  # fmt: skip
         if record is None or not record.traffic:
             self.router.remove(function)
             return None
@@ -246,6 +277,15 @@ class Platform:
             log.info("removed %d unused environment(s): %s", len(gone), ", ".join(k[:12] for k in gone))
         return removed
 
+    def _recover_metering(self, journal_dir: Path) -> None:
+        """What a gateway killed without a stop left: journaled records not yet stored, and instance
+        lives never closed (this process holds the state dir's lock, so those instances are gone)."""
+        stored = replay(journal_dir, self.store.add_activations)
+        closed = self.store.close_open_lives()
+        if stored or closed:
+            log.warning("metering: stored %d journaled activation(s), closed %d instance life(s) "
+                        "left by a gateway that did not stop cleanly", stored, closed)  # fmt: skip
+
     def _record_event(self, event: ScalingEvent) -> None:
         self._event_writes.add(
             task := asyncio.get_running_loop().create_task(
@@ -265,8 +305,12 @@ class Platform:
         await asyncio.gather(*self._chores, return_exceptions=True)
         await self.environments.close()
         await self.recorder.flush()
+        await self.lives.flush()
+        self.journal.close()
         await self.shadow_recorder.flush()
+        await self.keep_alive.flush()
         await asyncio.gather(*self._event_writes, return_exceptions=True)
+        self.observability.close()  # exports the last spans
         if self.job_store is not self.store:
             self.job_store.close()  # type: ignore[attr-defined]
         self.store.close()

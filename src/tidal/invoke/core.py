@@ -28,10 +28,11 @@ from tidal.invoke.outcome import OUTCOMES, Outcome, OutcomeKind
 from tidal.invoke.request import Caller, InvocationRequest
 from tidal.metering.billing import billed_ms
 from tidal.router.connection import Call, InstanceClient, InstanceLost, OutOfMemory, StartFailed
+from tidal.router.multiplex import model_of
 from tidal.router.pool import QueueFull, RevisionPool, RevisionRetired
 from tidal.router.router import Route, Router, Target
 from tidal.runtime.capture import cap_logs
-from tidal.runtime.codec import is_raw
+from tidal.runtime.codec import BadRequest, check_json, is_raw
 from tidal.runtime.protocol import CallStats, Chunk, End, Error, Invoke, Message, Result
 from tidal.spec import Style
 from tidal.store.models import Activation
@@ -46,6 +47,10 @@ REROUTES = 3  # a revision retired while a request waited hands it to the functi
 NO_STATS = CallStats(0.0, 0.0, 0)
 HIDDEN_HEADERS = frozenset({"authorization", "cookie"})  # never forwarded to function code
 # Error frames whose type is one of ours, not the name of a user exception.
+QUEUE_SLACK_S = 0.05  # a call dispatched with less than (timeout - this) left was shortened by the queue
+QUEUE_NOTE = " (its time was cut short by waiting in the queue)"
+# tidal.runtime.codec's refusals of a function's answer (too large, or not valid HTTP): a bad gateway.
+UNSENDABLE_ANSWERS = frozenset({"BadResponse", "ResponseTooLarge"})
 KIND_OF_ERROR_TYPE = {
     "Timeout": OutcomeKind.TIMEOUT,
     "Cancelled": OutcomeKind.CANCELLED,
@@ -71,6 +76,10 @@ class ActivationIds:
 def refusal(route: Route | None, function: str, caller: Caller) -> Outcome | None:
     """Why ``caller`` may not invoke ``function`` at all, or None. Cheap: no I/O, no body read."""
     if route is None:
+        if not caller.authenticated:  # as for an existing function: no 401-vs-404 oracle of names
+            return Outcome.error(
+                OutcomeKind.UNAUTHENTICATED, "a valid API key is required (Authorization: Bearer KEY)"
+            )
         return Outcome.error(OutcomeKind.NOT_FOUND, f"no function named {function!r}")
     if route.public or caller.may_invoke(function):
         return None
@@ -89,7 +98,10 @@ def outcome_of_error(error: Error) -> Outcome:
             kind = OutcomeKind.BAD_INPUT if error.type == "BadRequest" else OutcomeKind.INPUT_REJECTED
         else:
             kind = OutcomeKind.FUNCTION_ERROR
-    return Outcome.error(kind, error.message, error.type)
+    outcome = Outcome.error(kind, error.message, error.type)
+    if kind is OutcomeKind.FUNCTION_ERROR and error.type in UNSENDABLE_ANSWERS:
+        outcome.status = 502  # the function answered, but not with something HTTP can carry
+    return outcome
 
 
 def _ignore_rejection(function: str, at: float) -> None:
@@ -181,6 +193,7 @@ class Invoker:
             http_status=200,
             key_id=request.caller.key_id,
             trigger=request.trigger.value,
+            model=(model_of(request.context) or "") if target.spec.max_models else "",
         )
 
     async def _run(
@@ -191,14 +204,22 @@ class Invoker:
         if isinstance(acquired, Outcome):
             return acquired
         pool, client = acquired
-        outcome = await self._call(request, activation, deadline, pool, client)
+        budget = deadline - time.time()
+        if budget <= 0:  # its whole time went waiting for room: not dispatched, the instance not touched
+            pool.release(client)
+            return Outcome.error(OutcomeKind.TIMEOUT, "the request waited in the queue past its timeout "
+                                 f"of {min(request.timeout_s or pool.spec.timeout, pool.spec.timeout):g} s; it did not run")  # fmt: skip
+        # A call the queue left less than the function's own timeout is not the function's fault
+        # when it runs out: its instance is not recycled for it.
+        queue_shortened = budget < pool.spec.timeout - QUEUE_SLACK_S
+        outcome = await self._call(request, activation, deadline, pool, client, queue_shortened)
         if activation.cold:  # how the instance it waited for started: x-tidal-cold-start-detail
             outcome.cold_detail = client.handle.extra.get(COLD_START_DETAIL, "")
         return outcome
 
     async def _call(
         self, request: InvocationRequest, activation: Activation, deadline: float, pool: RevisionPool,
-        client: InstanceClient,
+        client: InstanceClient, queue_shortened: bool = False,
     ) -> Outcome:  # fmt: skip
         """Hand the request to the instance ``_acquire`` found: its answer (or stream) as an outcome."""
         context = request.context
@@ -223,6 +244,9 @@ class Invoker:
             return self._timed_out(pool)
         if isinstance(first, Chunk):
             return InstanceStream(self, pool, client, call, first, activation, deadline).outcome
+        if queue_shortened and isinstance(first, Error) and first.type == "Timeout":
+            client.recycle = False  # its thread ends on its own, well within the function's timeout
+            first = msgspec.structs.replace(first, message=first.message + QUEUE_NOTE)
         pool.release(client)
         _copy_stats(activation, first)
         if isinstance(first, Result):
@@ -266,6 +290,7 @@ class Invoker:
             return Outcome.error(OutcomeKind.UNAVAILABLE, "the function is being redeployed; retry")
         activation.revision = pool.revision.id
         activation.memory_mb = pool.spec.memory
+        activation.gpus = pool.spec.gpu  # GPU-s = gpus x billed time (tidal.metering.usage)
         activation.instance = client.id
         activation.queue_ms = waited_ms
         activation.cold = waited_ms > 0 and client.served == 0  # it waited for this new instance
@@ -370,9 +395,9 @@ def _malformed(request: InvocationRequest, target: Target) -> Outcome | None:
     if not request.body or target.revision.style == Style.LAMBDA_HTTP or is_raw(request.content_type):
         return None
     try:
-        msgspec.json.decode(request.body)
-    except msgspec.DecodeError as exc:
-        return Outcome.error(OutcomeKind.BAD_INPUT, f"malformed JSON body: {exc}")
+        check_json(request.body)  # invalid UTF-8 and deep nesting included: a 400, never a 500
+    except BadRequest as exc:
+        return Outcome.error(OutcomeKind.BAD_INPUT, str(exc))
     return None
 
 
@@ -382,4 +407,5 @@ def _copy_stats(activation: Activation, message: Message) -> None:
     activation.billed_ms = billed_ms(stats.duration_ms)
     activation.cpu_ms = stats.cpu_ms
     activation.peak_rss_kb = stats.peak_rss_kb
+    activation.batch_size = stats.batch_size
     activation.logs = cap_logs(getattr(message, "logs", ""))

@@ -4,6 +4,12 @@ A request only appends one Struct; a background task writes whatever accumulated
 ``interval_s`` (or sooner when ``batch_size`` is reached) in one transaction, in a thread.
 A request refused with 429 (queue full) leaves no record, only a count: one row per function and
 minute, so an overload of 100,000 refusals a minute writes one row a minute, not 100,000.
+
+With a journal (tidal.metering.journal), ``record`` also appends the record to it before returning,
+that is before the answer is sent; ``flush`` starts a new journal segment as it takes the batch, and
+deletes the finished segments once their batch is stored. The journal and the batch are changed
+in the same step of the event loop, so every record in a finished segment is in a batch taken with
+it or before it.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
+from pathlib import Path
 from typing import Generic, TypeVar
 
+from tidal.metering.journal import ActivationJournal
 from tidal.store.models import Activation
 from tidal.store.protocols import ActivationStore
 
@@ -53,12 +61,19 @@ class BatchedWriter(ABC, Generic[Item]):
 
 
 class ActivationRecorder(BatchedWriter[Activation]):
-    def __init__(self, store: ActivationStore, interval_s: float = 0.2, batch_size: int = 500) -> None:
+    def __init__(
+        self, store: ActivationStore, interval_s: float = 0.2, batch_size: int = 500,
+        journal: ActivationJournal | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(interval_s, batch_size)
         self.store = store
+        self.journal = journal
+        self._finished_segments: list[Path] = []  # journal segments whose records await the store
         self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
 
     def record(self, activation: Activation) -> None:
+        if self.journal is not None:
+            self.journal.append(activation)
         self._append(activation)
 
     def reject(self, function: str, at: float) -> None:
@@ -69,12 +84,20 @@ class ActivationRecorder(BatchedWriter[Activation]):
         await self._flush_rejections()
         if not self._pending:
             return
+        segment = self.journal.rotate() if self.journal is not None else None
+        if segment is not None:
+            self._finished_segments.append(segment)
         batch, self._pending = self._pending, []
         try:
             await asyncio.to_thread(self.store.add_activations, batch)
         except Exception:
             log.exception("writing %d activation records failed; keeping them for the next flush", len(batch))
             self._pending[:0] = batch
+            return
+        # Every record of the finished segments is in this batch or an earlier stored one.
+        segments, self._finished_segments = self._finished_segments, []
+        for path in segments:
+            path.unlink(missing_ok=True)
 
     async def _flush_rejections(self) -> None:
         if not self._rejections:

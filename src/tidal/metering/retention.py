@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tidal.store.protocols import ActivationStore, JobStore, ScalingEventStore, ShadowStore
+from tidal.store.protocols import ActivationStore, JobStore, ScalingEventStore, ShadowStore, UsageStore
 
 log = logging.getLogger("tidal.metering")
 
@@ -35,7 +35,7 @@ BATCH_ROWS = 2_000
 BATCH_PAUSE_S = 0.01  # between batches: the activation writer gets the database in between
 
 
-class RecordStore(ActivationStore, ScalingEventStore, ShadowStore, JobStore, Protocol):
+class RecordStore(ActivationStore, ScalingEventStore, ShadowStore, JobStore, UsageStore, Protocol):
     """The part of the store that retention trims."""
 
 
@@ -112,6 +112,7 @@ class Retention:
             parts["scaling events"] = lambda: self.store.delete_scaling_events(plan.before, self.batch)
             parts["rejection counts"] = lambda: self.store.delete_rejections(plan.before, self.batch)
             parts["shadow results"] = lambda: self.store.delete_shadow_results(plan.before, self.batch)
+            parts["instance lives"] = lambda: self.store.delete_instance_lives(plan.before, self.batch)
             # Finished jobs (dead ones too) by when they ended; their idempotency keys go with them.
             parts["jobs"] = lambda: self.jobs.delete_jobs(plan.before, self.batch)
         deleted = {kind: await self._in_batches(kind, delete) for kind, delete in parts.items()}

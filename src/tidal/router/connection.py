@@ -108,6 +108,7 @@ class InstanceClient(asyncio.Protocol):
         self.assigned = 0  # requests the pool routed here and not yet released (routing reads this)
         self.served = 0  # requests finished: 0 means the next one is this instance's first (cold) call
         self.start_ms = 0.0  # from asking the backend to the Ready frame
+        self.models: tuple[str, ...] = ()  # multiplexed: the models it holds, as its last answer said
 
     @property
     def id(self) -> str:
@@ -180,6 +181,7 @@ class InstanceClient(asyncio.Protocol):
             return  # an answer to a call the router already gave up on (cancelled, timed out)
         if isinstance(message, Result | Error | End):
             del self._calls[call.id]
+            self.models = message.stats.models
             if isinstance(message, Error) and message.recycle:
                 self.recycle = True
         call.deliver(message)

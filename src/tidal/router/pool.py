@@ -19,14 +19,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from tidal.backends.base import Backend, InstanceHandle, InstanceSpec
+from tidal.backends.base import COLD_START_DETAIL, Backend, InstanceHandle, InstanceSpec
 from tidal.invoke.request import NO_CONTEXT, RequestContext
 from tidal.retry import backoff_s
 from tidal.router.connection import InstanceClient, StartFailed
 from tidal.router.meter import ConcurrencyMeter
 from tidal.spec import FunctionSpec
-from tidal.store.models import Revision
+from tidal.store.models import InstanceLife, Revision
 
 log = logging.getLogger("tidal.router")
 
@@ -68,6 +69,22 @@ def least_loaded(
     return best if best is not None and best.assigned < concurrency else None
 
 
+class LifeLog(Protocol):
+    """Told when an instance of the pool is up (Ready) and when its connection ends (metering)."""
+
+    def started(self, life: InstanceLife) -> None: ...
+
+    def stopped(self, instance: str, at: float) -> None: ...
+
+
+class NoLifeLog:
+    def started(self, life: InstanceLife) -> None:
+        pass
+
+    def stopped(self, instance: str, at: float) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class ScalingEvent:
     at: float  # epoch seconds
@@ -96,8 +113,10 @@ class RevisionPool:
         clock: Callable[[], float] = time.monotonic,
         choose: InstanceChooser = least_loaded,
         connect: Connect = InstanceClient.connect,
+        lives: LifeLog | None = None,
     ) -> None:
         self.launch = launch
+        self.lives: LifeLog = lives or NoLifeLog()
         self.revision: Revision = launch.revision
         self.spec: FunctionSpec = launch.spec
         self.backend = backend
@@ -273,6 +292,7 @@ class RevisionPool:
             await self.backend.stop(handle, grace_s=1.0)
             raise StartFailed("RevisionRetired", "the revision was replaced or removed")
         client.start_ms = (self.clock() - started) * 1000
+        self.lives.started(self._life_of(client))
         self._last_failure, self._failures_in_a_row, self._retry_at = None, 0, 0.0
         if self._unwanted_starts:
             self._unwanted_starts -= 1
@@ -284,7 +304,15 @@ class RevisionPool:
         self._dispatch()
         return client
 
+    def _life_of(self, client: InstanceClient) -> InstanceLife:
+        return InstanceLife(
+            client.id, self.revision.function, self.revision.id, self.spec.memory, float(self.spec.gpu),
+            client.handle.started_at, 0.0, client.handle.extra.get(COLD_START_DETAIL, ""),
+        )  # fmt: skip
+
     def _lost(self, client: InstanceClient) -> None:
+        """Every connection's end comes here: a stop, a replacement or a crash."""
+        self.lives.stopped(client.id, time.time())
         if client in self.ready:
             self.ready.remove(client)
             self.counters.lost += 1
@@ -366,6 +394,7 @@ class RevisionPool:
                     "start_ms": round(client.start_ms, 2),
                     "in_flight": client.assigned,
                     "served": client.served,
+                    "models": list(client.models),  # multiplexed: held, least recently used first
                     "log": client.handle.log_path,
                     "extra": client.handle.extra,
                 }

@@ -20,7 +20,8 @@ from typing import Any
 
 from tidal.backends.base import Backend, InstanceSpec
 from tidal.invoke.request import RequestContext
-from tidal.router.pool import RevisionPool
+from tidal.router.multiplex import choose_for_model
+from tidal.router.pool import LifeLog, RevisionPool, least_loaded
 from tidal.shadow.compare import Comparator
 from tidal.spec import FunctionSpec, Style, validate_spec
 from tidal.store.models import Revision
@@ -136,9 +137,11 @@ class Router:
         backend: Backend,
         on_demand: Callable[[], None] = lambda: None,
         draw: Callable[[], float] = random.random,
+        lives: LifeLog | None = None,
     ) -> None:
         self.backend = backend
         self.on_demand = on_demand  # the autoscaler's poke
+        self.lives = lives  # told of each instance's start and stop (metering)
         self.draw = draw
         self.routes: dict[str, Route] = {}
         self._pools: dict[str, RevisionPool] = {}  # revision id -> pool, for every serving revision
@@ -201,7 +204,11 @@ class Router:
         if pool is None:
             spec = validate_spec(dict(item.revision.spec))  # stored specs predate newer fields
             launch = InstanceSpec(item.revision, spec, item.code_dir)
-            pool = RevisionPool(launch, self.backend, on_demand=self.on_demand)
+            # A multiplexed revision sends each model's requests to an instance that holds it.
+            choose = choose_for_model if spec.max_models else least_loaded
+            pool = RevisionPool(
+                launch, self.backend, on_demand=self.on_demand, lives=self.lives, choose=choose
+            )
             self._pools[item.revision.id] = pool
             self._in_background(self.backend.prepare(launch))  # warm template: cold starts fork
             pool.scale_to(spec.min_instances, "min_instances")

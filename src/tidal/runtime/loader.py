@@ -52,6 +52,10 @@ class Target:
     # ``setup()`` in a fresh process), before it reports ready. GPU work belongs there: a template
     # that touched CUDA cannot fork children that use it.
     setup_instance: Callable[[], None] | None = None
+    # Model multiplexing (spec ``max_models``): the class's ``load_model(model_id)`` and optional
+    # ``unload_model(model_id, model)`` (tidal.runtime.models).
+    load_model: Callable[[str], Any] | None = None
+    unload_model: Callable[[str, Any], None] | None = None
 
 
 def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Target, Callable[[], None]]:
@@ -65,6 +69,7 @@ def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Ta
         raise LookupError(f"module {module.__name__!r} has no attribute {attribute!r}")
     setup: Callable[[], None] = lambda: None  # noqa: E731
     setup_instance: Callable[[], None] | None = None
+    load_model = unload_model = None
     if is_class:
         instance = obj()
         setup = getattr(instance, "setup", setup)
@@ -73,6 +78,8 @@ def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Ta
             raise TypeError(
                 f"{attribute}.setup_instance must be a method, not {type(setup_instance).__name__}"
             )
+        load_model = getattr(instance, "load_model", None)
+        unload_model = getattr(instance, "unload_model", None)
         call = instance.__call__ if callable(instance) else None
         if call is None:
             raise TypeError(f"class {attribute!r} must define __call__(self, payload)")
@@ -88,6 +95,8 @@ def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Ta
         is_stream=inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function),
         is_async_stream=inspect.isasyncgenfunction(function),
         setup_instance=setup_instance,
+        load_model=load_model,
+        unload_model=unload_model,
     )
     return target, setup
 

@@ -29,6 +29,7 @@ class CallStats(msgspec.Struct, frozen=True):
     cpu_ms: float  # CPU time the call used
     peak_rss_kb: int  # the instance's peak resident memory so far
     batch_size: int = 0  # how many requests shared the call (batched functions); 0: not batched
+    models: tuple[str, ...] = ()  # multiplexed functions: the models the instance holds, LRU first
 
 
 class Invoke(Frame, tag="invoke", frozen=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ctypes
+import dataclasses
 import os
 import resource
 import signal
@@ -30,6 +31,7 @@ import msgspec
 from tidal.runtime import capture, codec, sandbox
 from tidal.runtime.batching import BATCH_SIZE_HEADER, BatchConfig, Batcher
 from tidal.runtime.loader import Target, build_target, import_entry
+from tidal.runtime.models import MODEL_HEADER, ModelCache, check_model_id
 from tidal.runtime.protocol import (
     CallStats,
     Cancel,
@@ -70,6 +72,20 @@ class InstanceConfig(msgspec.Struct, frozen=True):
     visible_gpus: str | None = None
     # The spec's batch: gather concurrent requests into one call of a list-taking function.
     batch: BatchConfig | None = None
+    # The spec's max_models: an LRU of models loaded by the class's load_model (tidal.runtime.models).
+    max_models: int = 0
+
+
+def multiplexed(config: InstanceConfig, target: Target) -> ModelCache | None:
+    """The instance's model cache when the spec asks for one (``max_models``), else None."""
+    if not config.max_models:
+        return None
+    if target.load_model is None or not target.wants_context:
+        raise TypeError(
+            "max_models needs a class with load_model(self, model_id) whose __call__ takes (payload, context):"
+            " the request's model is context.model"
+        )
+    return ModelCache(config.max_models, target.load_model, target.unload_model)
 
 
 def gpu_env(visible: str) -> dict[str, str]:
@@ -95,7 +111,7 @@ def show_only_gpus(visible: str | None) -> None:
 class Worker:
     """Serves one gateway connection; each Invoke runs as its own task."""
 
-    def __init__(self, config: InstanceConfig, target: Target) -> None:
+    def __init__(self, config: InstanceConfig, target: Target, models: ModelCache | None = None) -> None:
         self.config = config
         self.target = target
         self.transport: asyncio.Transport | None = None
@@ -107,6 +123,7 @@ class Worker:
         self.closed = self.loop.create_future()
         self.batcher = Batcher(config.batch.settings(), self.call_batch) if config.batch is not None else None
         self.batch_size_of: dict[int, int] = {}  # request id -> the size of the batch it ran in
+        self.models = models  # multiplexed functions' loaded models (spec max_models)
 
     def send(self, message: Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -167,7 +184,8 @@ class Worker:
         cpu = cpu_box[0] if cpu_box[0] else (time.process_time() - cpu_started if cpu_started else 0.0)
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         batch_size = self.batch_size_of.pop(request_id, 0)
-        return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb, batch_size)
+        models = self.models.loaded if self.models is not None else ()
+        return CallStats((time.perf_counter() - started) * 1000, cpu * 1000, peak_kb, batch_size, models)
 
     async def run_call(
         self,
@@ -182,6 +200,8 @@ class Worker:
         if self.batcher is not None:
             await self.run_in_batch(request, args, buffer, started, cpu_box)
             return
+        if self.models is not None:  # the model may take a while to load: in a thread, not the loop
+            args = await self.loop.run_in_executor(self.threads, self.with_model, args)
         if target.is_async_stream:
             cpu_started = time.process_time()
             async for item in target.call(*args):
@@ -274,6 +294,12 @@ class Worker:
                 event = {}
         if config.style == "native" and not self.target.wants_context:
             return (event,)
+        model_id = None
+        if self.models is not None:
+            try:
+                model_id = check_model_id(request.headers.get(MODEL_HEADER))
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
         context = Context(
             activation_id=request.activation,
             function=config.function,
@@ -282,8 +308,15 @@ class Worker:
             memory_mb=config.memory_mb,
             deadline=request.deadline,
             headers=request.headers,
+            model_id=model_id,
         )
         return (event, context)
+
+    def with_model(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The call's arguments with its context holding the request's model (loaded if need be)."""
+        assert self.models is not None
+        event, context = args
+        return event, dataclasses.replace(context, model=self.models.get(context.model_id))
 
     def answer(self, request: Invoke, value: Any, stats: CallStats, logs: str) -> None:
         if self.config.style == "lambda-http":
@@ -361,13 +394,14 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
             setup_started = time.perf_counter()
             target.setup_instance()
             setup_ms += (time.perf_counter() - setup_started) * 1000
+        models = multiplexed(config, target)
     except BaseException as exc:
         traceback.print_exc()
         connection.setblocking(True)
         connection.sendall(encode(SetupFailed(type(exc).__name__, str(exc) or repr(exc))))
         connection.close()
         return
-    worker = Worker(config, target)
+    worker = Worker(config, target, models)
     await loop.connect_accepted_socket(lambda: Connection(worker), connection)
     worker.send(Ready(os.getpid(), setup_ms, import_ms))
     await worker.closed  # the gateway closed the connection: this instance is done

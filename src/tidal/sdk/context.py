@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,10 @@ class Context:
     memory_mb: int
     deadline: float  # wall-clock epoch seconds
     headers: dict[str, str] = field(default_factory=dict)
+    # Model multiplexing (spec ``max_models``): the model the request named (``x-tidal-model``) and
+    # what the class's ``load_model`` returned for it.
+    model_id: str | None = None
+    model: Any = None
 
     @property
     def aws_request_id(self) -> str:

@@ -399,6 +399,18 @@ def _idle_histograms(connection: sqlite3.Connection) -> None:
     _execute_all(connection, SCHEMA_11)
 
 
+# -- 12: the batch size and the model (multiplexing) of each activation ---------------------------------
+
+SCHEMA_12 = """
+ALTER TABLE activations ADD COLUMN batch_size INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE activations ADD COLUMN model TEXT NOT NULL DEFAULT ''
+"""
+
+
+def _batch_size_and_model(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_12)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -411,6 +423,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "revision digests without fields at their default", _digests_without_defaults),
     Migration(10, "GPUs per activation; instance lifetimes", _metering),
     Migration(11, "idle-time histograms for keep-alive", _idle_histograms),
+    Migration(12, "batch size and model of each activation", _batch_size_and_model),
 )
 
 

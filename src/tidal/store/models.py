@@ -93,6 +93,8 @@ class Activation(msgspec.Struct):
     job: str = ""  # the async job this call was an attempt of ("" for any other call)
     trigger_id: str = ""  # the event trigger (tidal.triggers) whose event this call served
     gpus: float = 0.0  # GPUs the instance held (a count, or a share such as 0.5): GPU-s = gpus x billed
+    batch_size: int = 0  # batched functions: how many requests shared the call (0: not batched)
+    model: str = ""  # multiplexed functions (max_models): the model the request named
 
 
 def revision_digest(
@@ -308,3 +310,35 @@ class TriggerRecord(msgspec.Struct):
     last_error_at: float = 0.0
     events: int = 0  # invocations submitted (jobs created)
     last_event_at: float = 0.0
+
+
+# -- metering: usage sums and instance lives (tidal.metering) ------------------------------------------
+
+
+class UsageSums(msgspec.Struct, frozen=True):
+    """One group of activations as the store sums them (tidal.metering.usage prices it).
+
+    ``mb_ms`` is the sum of billed_ms x memory_mb and ``gpu_ms`` of billed_ms x gpus: exact
+    integers (GPU shares aside), so GB-s and GPU-s are computed once, from the sums.
+    """
+
+    key: str  # the function, revision, key id or UTC day ("2026-11-26") of the group
+    requests: int
+    errors: int  # activations whose status is not "ok"
+    billed_ms: int
+    mb_ms: int
+    gpu_ms: float
+
+
+class InstanceLife(msgspec.Struct, frozen=True):
+    """One instance from start to stop (``stopped`` 0: still running). Fields are the
+    instance_lives table's columns, in this order."""
+
+    id: str
+    function: str
+    revision: str
+    memory_mb: int
+    gpus: float
+    started: float  # epoch s: when the backend started its process
+    stopped: float = 0.0  # epoch s: when its connection ended (stopped, or lost)
+    cold_detail: str = ""  # fork | template-built | spawn

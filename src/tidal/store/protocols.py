@@ -7,12 +7,13 @@ SQLiteStore implements ``Store``; tests pin that member by member.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from tidal.store.models import (
     Activation,
     FunctionRecord,
+    InstanceLife,
     Job,
     KeyRecord,
     Revision,
@@ -23,6 +24,7 @@ from tidal.store.models import (
     ShadowResult,
     TrafficTarget,
     TriggerRecord,
+    UsageSums,
 )
 
 
@@ -315,9 +317,62 @@ class TriggerStore(Protocol):
     def set_trigger_error(self, trigger_id: str, error: str, at: float) -> None: ...
 
 
+class UsageStore(Protocol):
+    """Metering: usage sums, filtered activation listings, instance lives (tidal.metering)."""
+
+    def find_activations(
+        self, function: str, limit: int = 50, statuses: Sequence[str] = (), since: float = 0.0
+    ) -> list[Activation]:
+        """The function's newest ``limit`` activations from ``since`` on with one of ``statuses`` (empty: any)."""
+        ...
+
+    def usage_sums(self, since: float, until: float, by: str) -> list[UsageSums]:
+        """Activations that started in [since, until) summed per group: function, revision, key or day."""
+        ...
+
+    def first_activity(self) -> float | None:
+        """When the oldest activation or instance life started, or None."""
+        ...
+
+    def add_instance_lives(
+        self, started: Iterable[InstanceLife], stopped: Iterable[tuple[str, float]]
+    ) -> None:
+        """Record started instances, then (instance id, stop time) of stopped ones, in one transaction."""
+        ...
+
+    def instance_lives(self, since: float, until: float) -> list[InstanceLife]:
+        """Instances alive at some moment of [since, until)."""
+        ...
+
+    def busy_ms(self, since: float, until: float) -> dict[str, int]:
+        """Billed ms per instance of the activations that started in [since, until)."""
+        ...
+
+    def close_open_lives(self) -> int:
+        """End the lives a killed gateway left open; how many."""
+        ...
+
+    def delete_instance_lives(self, before: float, batch: int) -> int:
+        """Delete at most ``batch`` lives that ended before ``before``; how many went."""
+        ...
+
+
+class KeepAliveStore(Protocol):
+    """Keep-alive (tidal.keepalive): each function's learned idle times, as opaque JSON text."""
+
+    def idle_histograms(self) -> dict[str, str]:
+        """Function -> its stored keep-alive state (JSON text), for every function that has one."""
+        ...
+
+    def save_idle_histograms(self, states: Mapping[str, str], at: float) -> None:
+        """Store each function's state in one transaction; functions no longer stored are skipped."""
+        ...
+
+
 class Store(
+    KeepAliveStore,
     FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, JobStore,
-    TriggerStore, Protocol,
+    TriggerStore, UsageStore, Protocol,
 ):  # fmt: skip
     """Everything the platform keeps."""
 

@@ -29,9 +29,11 @@ from tidal.store.sqlite_base import (
     write_traffic,
 )
 from tidal.store.sqlite_jobs import JobTables
+from tidal.store.sqlite_keepalive import KeepAliveTables
 from tidal.store.sqlite_rollouts import RolloutTables
 from tidal.store.sqlite_shadow import ShadowTables
 from tidal.store.sqlite_triggers import TriggerTables
+from tidal.store.sqlite_usage import UsageTables
 
 # The SQL column lists are the records' fields: one list, one place.
 ACTIVATION_FIELDS = Activation.__struct_fields__
@@ -42,7 +44,7 @@ SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 SMALLEST_ROWID = -(2**63)
 
 
-class SQLiteStore(RolloutTables, ShadowTables, JobTables, TriggerTables):
+class SQLiteStore(RolloutTables, ShadowTables, JobTables, TriggerTables, UsageTables, KeepAliveTables):
     # -- functions and revisions ---------------------------------------------------------------
 
     def add_revision(

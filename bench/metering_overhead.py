@@ -1,0 +1,257 @@
+"""What metering and metrics cost the warm path: echo through tidal with them on vs off, same run.
+
+* on: as shipped (each call's activation record journaled and batched into the store, counted for
+  /metrics; /metrics scraped every ``--scrape-every`` seconds during the load, as Prometheus would);
+* records: ``TIDAL_METRICS=records`` (records as shipped, no metrics: tells the two costs apart);
+* off: ``TIDAL_METRICS=0`` (no records, no counts: a benchmark-only switch).
+
+Three gateways, each with its own state dir, serving examples/echo.py. They take turns, so drift
+on a noisy machine hits all alike: sequential requests on one keep-alive connection in interleaved
+blocks (p50, p99), then ``wrk -t2 -c16`` rounds in a rotating order (median req/s), with the
+gateway process's CPU time per request (steadier than req/s on a shared machine). Target:
+throughput loss (1 - on/off) at most 5%.
+
+Run: ``.venv/bin/python bench/metering_overhead.py [--quick] [--json PATH]``. 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    HOST,
+    REPO_ROOT,
+    SequentialClient,
+    Server,
+    ServerError,
+    WrkResult,
+    free_port,
+    http_request,
+    median,
+    percentile,
+    proc_cpu_s,
+    run_wrk,
+    stop_on_sigterm,
+    tidal_bin,
+    write_json,
+    write_wrk_script,
+    wrk_available,
+)
+
+PAYLOAD = {"text": "hello", "n": 1}
+SWITCH = {"on": "1", "records": "records", "off": "0"}  # mode -> TIDAL_METRICS
+TARGET_LOSS = 0.05
+
+
+@dataclass
+class Mode:
+    name: str  # "on" | "records" | "off"
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    server: Server | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    seq_ns: list[int] = field(default_factory=list)
+    wrk: list[WrkResult] = field(default_factory=list)
+    cpu_us_per_request: list[float] = field(default_factory=list)  # the gateway process's, per wrk round
+    scrapes: int = 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="600 sequential requests, 2 rounds of 3 s wrk")
+    p.add_argument("--requests", type=int, help="sequential requests per mode (default 2000)")
+    p.add_argument("--block", type=int, default=200, help="requests per interleaved block (200)")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 8)")
+    p.add_argument("--rounds", type=int, help="wrk rounds per mode (default 4; even keeps the order fair)")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--scrape-every", type=float, default=5.0, help="GET /metrics on 'on' this often (0: never)"
+    )
+    p.add_argument(
+        "--modes", default="on,records,off", help="which of on, records, off to run (on,off at least)"
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not {"on", "off"} <= set(args.modes) <= set(SWITCH):
+        p.error("--modes: a list of on, records, off with on and off in it")
+    args.requests = args.requests or (600 if args.quick else 2000)
+    args.duration = args.duration or (3.0 if args.quick else 8.0)
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    return args
+
+
+def start(mode: Mode, workdir: Path) -> None:
+    state = workdir / f"state-{mode.name}"
+    command = [tidal_bin(), "up", "--host", HOST, "--port", str(mode.port), "--state-dir", str(state),
+               "--deploy", str(REPO_ROOT / "examples" / "echo.py"), "--log-level", "warning"]  # fmt: skip
+    mode.server = Server(mode.name, command, mode.port, workdir / f"tidal-{mode.name}.log",
+                         env={**os.environ, **mode.env})  # fmt: skip
+    mode.server.start()
+    mode.server.wait_http("/healthz", timeout=90.0)
+    key_path = state / "admin.key"
+    deadline = time.monotonic() + 30
+    while not key_path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mode.headers = {"Authorization": f"Bearer {key_path.read_text().strip()}"}
+    mode.server.wait_http("/v1/functions/echo", timeout=60.0, headers=mode.headers)
+
+
+def rotated(modes: list[Mode], turn: int) -> list[Mode]:
+    """Each mode goes first, middle and last equally often: on, records, off; records, off, on ..."""
+    shift = turn % len(modes)
+    return modes[shift:] + modes[:shift]
+
+
+def check(status: int, data: bytes) -> str | None:
+    return None if status == 200 and json.loads(data) == PAYLOAD else f"HTTP {status}: {data[:200]!r}"
+
+
+def sequential(modes: list[Mode], body: bytes, count: int, block: int) -> None:
+    clients = {mode.name: SequentialClient(mode.port, "/fn/echo", body, mode.headers, 30.0) for mode in modes}
+    try:
+        for mode in modes:  # the first call is a cold start; then a warm-up, not measured
+            clients[mode.name].set_timeout(90.0)
+            clients[mode.name].timed_block(1, check)
+            clients[mode.name].set_timeout(30.0)
+            clients[mode.name].timed_block(200, check)
+        done, turn = 0, 0
+        while done < count:
+            n = min(block, count - done)
+            for mode in rotated(modes, turn):
+                mode.seq_ns.extend(clients[mode.name].timed_block(n, check))
+            done, turn = done + n, turn + 1
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def scraping(mode: Mode, every_s: float, stop: threading.Event) -> None:
+    """GET /metrics every ``every_s`` s while ``stop`` is unset (the 'on' gateway under load)."""
+    while not stop.wait(every_s):
+        status, _ = http_request(mode.port, "GET", "/metrics", headers=mode.headers, timeout=10)
+        if status == 200:
+            mode.scrapes += 1
+
+
+def throughput(modes: list[Mode], workdir: Path, args: argparse.Namespace, body: bytes) -> None:
+    scripts = {
+        mode.name: write_wrk_script(workdir / f"{mode.name}.lua", body, mode.headers) for mode in modes
+    }
+    url = {mode.name: f"http://{HOST}:{mode.port}/fn/echo" for mode in modes}
+    for mode in modes:  # settle: not measured
+        run_wrk(url[mode.name], scripts[mode.name], threads=args.threads, connections=args.connections,
+                duration_s=2.0)  # fmt: skip
+    for round_number in range(args.rounds):
+        for mode in rotated(modes, round_number):
+            stop = threading.Event()
+            scraper = None
+            if mode.name == "on" and args.scrape_every > 0:
+                scraper = threading.Thread(target=scraping, args=(mode, args.scrape_every, stop), daemon=True)
+                scraper.start()
+            assert mode.server is not None and mode.server.proc is not None
+            cpu_before = proc_cpu_s(mode.server.proc.pid)
+            result = run_wrk(url[mode.name], scripts[mode.name], threads=args.threads,
+                             connections=args.connections, duration_s=args.duration)  # fmt: skip
+            cpu_after = proc_cpu_s(mode.server.proc.pid)
+            if cpu_before is not None and cpu_after is not None and result.requests:
+                mode.cpu_us_per_request.append((cpu_after - cpu_before) / result.requests * 1e6)
+            stop.set()
+            if scraper is not None:
+                scraper.join()
+            mode.wrk.append(result)
+            print(f"  round {round_number + 1}/{args.rounds} metering {mode.name:<3} "
+                  f"{result.ok_per_s:>9,.0f} req/s  p50 {result.latency_p50_ms} ms  non-2xx {result.non_2xx}",
+                  flush=True)  # fmt: skip
+
+
+def summary(mode: Mode) -> dict[str, Any]:
+    return {
+        "seq_p50_ms": percentile(mode.seq_ns, 50) / 1e6,
+        "seq_p99_ms": percentile(mode.seq_ns, 99) / 1e6,
+        "wrk_median_rps": median([w.ok_per_s for w in mode.wrk]),
+        "wrk_median_p50_ms": median([w.latency_p50_ms or 0.0 for w in mode.wrk]),
+        "wrk_rounds_rps": [round(w.ok_per_s) for w in mode.wrk],
+        "gateway_cpu_us_per_request": median(mode.cpu_us_per_request) if mode.cpu_us_per_request else None,
+        "non_2xx": sum(w.non_2xx for w in mode.wrk),
+        "metrics_scrapes": mode.scrapes,
+    }
+
+
+def report(results: dict[str, Any], names: list[str]) -> None:
+    print(f"\n{'metering':<10}{'seq p50':>10}{'seq p99':>10}{'req/s':>10}{'wrk p50':>10}{'gw CPU/req':>12}")
+    for name in names:
+        row = results[name]
+        cpu = row["gateway_cpu_us_per_request"]
+        print(f"{name:<10}{row['seq_p50_ms']:>7.3f} ms{row['seq_p99_ms']:>7.3f} ms"
+              f"{row['wrk_median_rps']:>10,.0f}{row['wrk_median_p50_ms']:>7.2f} ms"
+              f"{'-' if cpu is None else f'{cpu:.0f} us':>12}")  # fmt: skip
+    off = results["off"]
+    for name in [name for name in names if name != "off"]:
+        row = results[name]
+        loss = 1 - row["wrk_median_rps"] / off["wrk_median_rps"]
+        cpu, base = row["gateway_cpu_us_per_request"], off["gateway_cpu_us_per_request"]
+        cpu_text = f"gateway CPU/request {cpu / base * 100 - 100:+.1f}%" if cpu and base else ""
+        what = "records+metrics" if name == "on" else "records only"
+        verdict = (
+            ""
+            if name != "on"
+            else f" (target <= {TARGET_LOSS * 100:g}%: {'met' if loss <= TARGET_LOSS else 'MISSED'})"
+        )
+        print(f"{what:<16} vs off: throughput loss {loss * 100:.1f}%{verdict}; {cpu_text}; "
+              f"seq p50 {(row['seq_p50_ms'] - off['seq_p50_ms']) * 1000:+.0f} us")  # fmt: skip
+    print(f"/metrics scraped {results['on']['metrics_scrapes']} times during the 'on' runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_sigterm()
+    if wrk_available() is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    body = json.dumps(PAYLOAD).encode()
+    workdir = Path(tempfile.mkdtemp(prefix="tidal-metering-"))
+    modes = [Mode(name, {"TIDAL_METRICS": SWITCH[name]}) for name in args.modes]
+    try:
+        for mode in modes:
+            print(f"starting tidal with metering {mode.name} ...", flush=True)
+            start(mode, workdir)
+        print(f"sequential: {args.requests} requests per mode ...", flush=True)
+        sequential(modes, body, args.requests, args.block)
+        print(f"throughput: wrk x {args.rounds} round(s) of {args.duration:g} s per mode ...", flush=True)
+        throughput(modes, workdir, args, body)
+    except (ServerError, RuntimeError, OSError, KeyboardInterrupt) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        for mode in modes:
+            if mode.server is not None:
+                print(mode.server.log_tail(), file=sys.stderr)
+        return 1
+    finally:
+        for mode in modes:
+            if mode.server is not None:
+                mode.server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, Any] = {mode.name: summary(mode) for mode in modes}
+    results["throughput_loss"] = 1 - results["on"]["wrk_median_rps"] / results["off"]["wrk_median_rps"]
+    results["seq_p50_delta_ms"] = results["on"]["seq_p50_ms"] - results["off"]["seq_p50_ms"]
+    results["config"] = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()[0], **vars(args) | {"json": None}}
+    report(results, args.modes)
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

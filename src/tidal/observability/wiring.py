@@ -1,0 +1,101 @@
+"""Attach metrics and traces to a gateway's Platform: its Invoker's ``record`` callback counts each
+activation record first, the autoscaler's events are counted, and (when configured) ``invoke``
+runs inside a span.
+
+``TIDAL_METRICS=0`` turns metering (activation records) and metrics off together
+(``TIDAL_METRICS=records``: metrics only). It exists for ``bench/metering_overhead.py``, which
+measures what they cost the warm path; a gateway run that way bills nothing (or shows no metrics),
+so nothing but a benchmark should use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tidal.backends.base import COLD_START_DETAIL
+from tidal.observability.metrics import MetricsEndpoint
+from tidal.observability.stats import InvocationStats
+from tidal.observability.switch import METRICS_SWITCH, metering_switch
+from tidal.store.models import Activation
+
+if TYPE_CHECKING:
+    from tidal.gateway.platform import Platform
+    from tidal.observability.tracing import InvocationTracer
+    from tidal.router.pool import ScalingEvent
+
+log = logging.getLogger("tidal.observability")
+
+
+@dataclass
+class Observability:
+    stats: InvocationStats | None  # None: TIDAL_METRICS=0 or =records
+    endpoint: MetricsEndpoint
+    tracer: InvocationTracer | None = None
+
+    def close(self) -> None:
+        self.endpoint.close()
+        if self.tracer is not None:
+            self.tracer.close()
+
+
+def observe(platform: Platform, public: bool = False, otel_endpoint: str | None = None) -> Observability:
+    """Wire counting (or, with TIDAL_METRICS=0, no records at all) and tracing into ``platform``."""
+    invoker = platform.invoker
+    stats: InvocationStats | None = None
+    switch = metering_switch()
+    if switch == "1":
+        stats = InvocationStats()
+        invoker.record = stats.recording(invoker.record, lambda record: cold_start_kind(platform, record))
+        counted_event, on_event = stats.observe_scaling, platform.autoscaler.on_event
+
+        def count_and_record(event: ScalingEvent) -> None:
+            counted_event(event)
+            on_event(event)
+
+        platform.autoscaler.on_event = count_and_record
+    elif switch == "0":
+        log.warning(
+            "%s=0: activations are not recorded and /metrics is off (benchmarks only)", METRICS_SWITCH
+        )
+        invoker.record = _discard
+    else:
+        log.warning("%s=records: /metrics is off (benchmarks only)", METRICS_SWITCH)
+    observability = Observability(stats, MetricsEndpoint(platform, stats, public))
+    from tidal.observability.tracing import tracing_wanted
+
+    if tracing_wanted(otel_endpoint):
+        observability.tracer = _tracer(otel_endpoint)
+        if observability.tracer is not None:
+            invoker.invoke = observability.tracer.wrap(invoker.invoke)  # type: ignore[method-assign,assignment]
+    return observability
+
+
+def _tracer(endpoint: str | None) -> InvocationTracer | None:
+    try:
+        from tidal.observability.tracing import InvocationTracer, otlp_exporter
+
+        tracer = InvocationTracer(otlp_exporter(endpoint))
+    except ImportError as exc:
+        log.error("OpenTelemetry is not installed (pip install 'tidal[otel]'): no traces (%s)", exc)
+        return None
+    log.info("tracing invocations to %s", endpoint or "the OTEL_EXPORTER_OTLP_* endpoint")
+    return tracer
+
+
+def cold_start_kind(platform: Platform, activation: Activation) -> str:
+    """How the instance of a cold invocation started (fork, template-built, spawn); "" if it is gone.
+
+    Runs for cold invocations only: a walk over one revision's ready instances.
+    """
+    for pool in platform.router.pools():
+        if pool.revision.id == activation.revision:
+            for client in pool.ready:
+                if client.id == activation.instance:
+                    return str(client.handle.extra.get(COLD_START_DETAIL, ""))
+    return ""
+
+
+def _discard(activation: Activation) -> None:
+    pass
