@@ -411,6 +411,47 @@ def _batch_size_and_model(connection: sqlite3.Connection) -> None:
     _execute_all(connection, SCHEMA_12)
 
 
+# -- 13: HTTP routes by method and path (tidal.gateway routes), with their CORS settings ----------------
+
+SCHEMA_13 = """
+CREATE TABLE routes (
+    id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    function TEXT NOT NULL REFERENCES functions (name) ON DELETE CASCADE,
+    origin TEXT NOT NULL,
+    cors TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    UNIQUE (method, path)
+);
+CREATE INDEX routes_by_function ON routes (function)
+"""
+
+
+def _routes(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_13)
+
+
+# -- 14: rate limits and quotas per API key; the input schema of each revision ------------------------
+
+SCHEMA_14 = """
+ALTER TABLE keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE quota_usage (
+    key_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    gb_s REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, period, period_start)
+);
+ALTER TABLE revisions ADD COLUMN input_schema TEXT NOT NULL DEFAULT ''
+"""
+
+
+def _limits_and_schemas(connection: sqlite3.Connection) -> None:
+    _execute_all(connection, SCHEMA_14)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -424,6 +465,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "GPUs per activation; instance lifetimes", _metering),
     Migration(11, "idle-time histograms for keep-alive", _idle_histograms),
     Migration(12, "batch size and model of each activation", _batch_size_and_model),
+    Migration(13, "HTTP routes by method and path", _routes),
+    Migration(14, "rate limits and quotas per key; input schema per revision", _limits_and_schemas),
 )
 
 

@@ -31,6 +31,9 @@ class Revision(msgspec.Struct, frozen=True):
     # The key of the environment its bundle's requirements were installed into ("" = tidal's own
     # virtualenv: the bundle declares none). Derived from the code, so not part of ``digest``.
     environment: str = ""
+    # The JSON Schema of the function's typed input (a pydantic model, dataclass or TypedDict
+    # parameter), found when the bundle was inspected; "" when the input is untyped.
+    input_schema: str = ""
 
 
 class TrafficTarget(msgspec.Struct, frozen=True):
@@ -56,6 +59,7 @@ class KeyRecord(msgspec.Struct, frozen=True):
     created_at: float
     description: str = ""
     revoked_at: float | None = None
+    limits: str = "{}"  # rate limit and quotas of the key, JSON (tidal.auth.limits); "{}": none
 
 
 class Activation(msgspec.Struct):
