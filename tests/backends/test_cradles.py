@@ -56,7 +56,9 @@ async def test_instances_are_born_in_groups_of_their_own(tmp_path: Path) -> None
         groups = {memory_group(pid) for pid in [first.pid, second.pid, *(h.pid for (h,) in burst if h.pid)]}
         assert len(groups) == 5, "every instance has a group of its own, bursts included"
         # After the burst's last fork the template moves to a fresh cradle of its own (in the background).
-        await wait_until(lambda: memory_group(template_pid) not in groups, what="the template moving on again")
+        await wait_until(
+            lambda: memory_group(template_pid) not in groups, what="the template moving on again"
+        )
         await backend.stop(second, grace_s=2)
         await wait_until(
             lambda: not Path(f"/sys/fs/cgroup/memory{cradle}").exists(), what="its group removed"
