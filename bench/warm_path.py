@@ -74,6 +74,7 @@ class Target:
     name: str
     port: int
     headers: dict[str, str] = field(default_factory=dict)
+    admin_headers: dict[str, str] = field(default_factory=dict)  # --limited-key: the admin key's, for status
     server: Server | None = None  # None when attached to a server this script did not start
     seq_ns: list[int] = field(default_factory=list)
     reconnects: int = 0
@@ -112,6 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--key", help="API key for --attach (default: read --key-file)")
     p.add_argument("--key-file", type=Path, default=REPO_ROOT / ".tidal" / "admin.key")
     p.add_argument("--no-ray", action="store_true", help="skip Ray Serve even when installed")
+    p.add_argument(
+        "--limited-key",
+        action="store_true",
+        help="invoke tidal with a new key that has a rate limit and a quota (--key-rate, --key-quota)",
+    )
+    p.add_argument("--key-rate", default="1000000/s", help="--limited-key's rate (1000000/s: never reached)")
+    p.add_argument("--key-quota", default="1000000000/day", help="--limited-key's quota (1000000000/day)")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary dir with server logs")
     args = p.parse_args(argv)
     args.requests = args.requests or (400 if args.quick else 2000)
@@ -218,6 +226,20 @@ def attach_tidal(port: int, key: str | None, key_file: Path) -> Target:
     return target
 
 
+def use_limited_key(target: Target, rate: str, quota: str) -> dict[str, Any]:
+    """Create a key with a rate limit and a quota (admin key of ``target``) and invoke with it from
+    now on, so that every measured request goes through the per-key limit check."""
+    request = json.dumps({"scopes": ["invoke:echo"], "rate": rate, "quotas": [quota], "description": "bench"})
+    headers = {**target.headers, "Content-Type": "application/json"}
+    status, body = http_request(target.port, "POST", "/v1/keys", body=request.encode(), headers=headers)
+    if status != 201:
+        raise ServerError(f"POST /v1/keys: HTTP {status} {body[:300]!r}")
+    created = json.loads(body)
+    target.admin_headers = target.headers
+    target.headers = {"Authorization": f"Bearer {created['key']}"}
+    return {"id": created["id"], "limits": created["limits"]}
+
+
 def start_ray(workdir: Path) -> Target:
     port = free_port()
     server = Server(
@@ -253,7 +275,8 @@ def function_info(target: Target) -> dict[str, Any]:
     if target.name != "tidal":
         return {}
     try:
-        status, body = http_request(target.port, "GET", "/v1/functions/echo", headers=target.headers)
+        headers = target.admin_headers or target.headers
+        status, body = http_request(target.port, "GET", "/v1/functions/echo", headers=headers)
         if status != 200:
             return {"error": f"HTTP {status}"}
         info = json.loads(body)
@@ -448,6 +471,11 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"{'target':<14}{'seq p50':>11}{'seq p99':>11}{'req/s':>10}{'non-2xx':>9}{'sock err':>9}"
         f"{'wrk p50':>10}{'wrk p99':>10}"
     )
+    if cfg.get("limited_key"):
+        limits = cfg["limited_key"]["limits"]
+        print(
+            f"tidal invoked with a limited key: rate {limits['rate']}, quotas {', '.join(limits['quotas'])}"
+        )
     print(header)
     print("-" * len(header))
     for name, r in results["targets"].items():
@@ -557,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
                     targets.append(attach_tidal(args.attach, args.key, args.key_file))
                 else:
                     targets.append(start_tidal(workdir, args.echo_file, args.tidal_bin, args.tidal_log_level))
+                if args.limited_key:
+                    results["config"]["limited_key"] = use_limited_key(
+                        targets[-1], args.key_rate, args.key_quota
+                    )
             except (ServerError, OSError) as exc:
                 results["errors"]["tidal"] = str(exc)
                 args.keep_logs = True

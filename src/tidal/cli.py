@@ -431,25 +431,59 @@ def logs(
             sys.stdout.flush()
 
 
+RateOption = Annotated[
+    str | None, typer.Option(help="requests per second, token bucket: 50/s, 600/m, 1000/h")
+]
+BurstOption = Annotated[int | None, typer.Option(help="calls allowed at once (default: one second's worth)")]
+QuotaOption = Annotated[
+    list[str] | None,
+    typer.Option(help="100000/day, 1000000/month (requests) or 2000gb-s/month (repeatable)"),
+]
+
+
 @keys_app.command("create")
 def keys_create(
     scope: Annotated[list[str], typer.Option(help="admin, invoke:*, or invoke:NAME (repeatable)")],
     description: str = "",
+    rate: RateOption = None,
+    burst: BurstOption = None,
+    quota: QuotaOption = None,
 ) -> None:
-    """Create a key; its secret is printed once."""
-    record = call("POST", "/v1/keys", json={"scopes": scope, "description": description})
+    """Create a key; its secret is printed once. Past its --rate or --quota a call answers 429."""
+    body = {"scopes": scope, "description": description, "rate": rate, "burst": burst, "quotas": quota or []}
+    record = call("POST", "/v1/keys", json=body)
     err.print(f"key {record['id']} with scopes {', '.join(record['scopes'])} (shown only now):")
     out.print(record["key"], highlight=False)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    rate: RateOption = None,
+    burst: BurstOption = None,
+    quota: QuotaOption = None,
+) -> None:
+    """Set a key's rate limit and quotas (replacing its old ones; with none given, it has no limits)."""
+    body = {"rate": rate, "burst": burst, "quotas": quota or []}
+    changed = call("PATCH", f"/v1/keys/{key_id}", json=body)
+    out.print(f"key {key_id}: {_limits_text(changed['limits'])}")
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    """``{"rate": "50/s", "burst": 100, "quotas": ["100000/day"]}`` -> ``50/s burst 100, 100000/day``."""
+    parts = [f"{limits['rate']} burst {limits['burst']}"] if limits.get("rate") else []
+    return ", ".join(parts + list(limits.get("quotas") or [])) or "no limits"
 
 
 @keys_app.command("ls")
 def keys_list() -> None:
     """List keys (never their secrets)."""
-    table = Table("id", "scopes", "created", "revoked", "description")
+    table = Table("id", "scopes", "limits", "created", "revoked", "description")
     for key in call("GET", "/v1/keys")["keys"]:
         table.add_row(
             key["id"],
             ", ".join(key["scopes"]),
+            _limits_text(key.get("limits") or {}),
             _time(key["created_at"]),
             _time(key["revoked_at"]) if key["revoked_at"] else "",
             key["description"],
@@ -545,6 +579,7 @@ from tidal import (  # noqa: E402, F401
     cli_jobs,
     cli_optimize,
     cli_rollout,
+    cli_routes,
     cli_shadow,
     cli_simulate,
     cli_top,

@@ -362,6 +362,34 @@ class FunctionSpec(BaseModel):
         " `tidal.queue(...)` (flag: a JSON list; see Event triggers)",
         json_schema_extra={**FUNCTION, "default_text": "`[]`", "flag_metavar": "JSON"},
     )
+    # -- HTTP routes and CORS (tidal.routing) --
+    routes: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description='HTTP routes to this function, `"GET /items/{id}"` (`{name+}`: the rest of the path;'
+        " a bare path: any method); path parameters and the query reach the function (see Routes)",
+        json_schema_extra={**FUNCTION, "default_text": "`[]`", "flag_metavar": "JSON"},
+    )
+    cors: dict[str, Any] = Field(
+        default_factory=dict,
+        description="CORS for its routes and `POST /fn/NAME`: `{origins = [...], methods, headers, max_age,"
+        " credentials}`; preflights are answered without waking an instance",
+        json_schema_extra={**FUNCTION, "default_text": "none"},
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_are_valid(cls, value: list[str]) -> list[str]:
+        from tidal.routing.spec import check_spec_routes
+
+        return check_spec_routes(value)
+
+    @field_validator("cors", mode="before")
+    @classmethod
+    def _cors_is_valid(cls, value: Any) -> dict[str, Any]:
+        from tidal.routing.spec import check_spec_cors
+
+        return check_spec_cors(value)
 
     @field_validator("name")
     @classmethod
@@ -464,8 +492,8 @@ class FunctionSpec(BaseModel):
     def function_settings(self) -> dict[str, Any]:
         """The function-level fields only: they apply to every revision, and change none.
 
-        >>> sorted(FunctionSpec(name="x", public=True).function_settings())
-        ['keep_alive', 'max_event_age', 'on_failure', 'on_success', 'public', 'retries', 'sticky_key', 'triggers']
+        >>> sorted(FunctionSpec(name="x", public=True).function_settings())[:4]
+        ['cors', 'keep_alive', 'max_event_age', 'on_failure']
         """
         return self.model_dump(mode="json", include=set(FUNCTION_LEVEL_FIELDS))
 

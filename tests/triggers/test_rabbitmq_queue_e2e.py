@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 from trigger_helpers import QUEUE_CONSUMER, activation_of, jobs_of, triggers_of, wait_jobs
 
@@ -53,8 +54,13 @@ class Rabbit:
         return int(self._run(count))
 
     def consumers(self, queue: str) -> int:
+        """Consumers on the queue; 0 while it does not exist yet (the trigger declares it when it starts)."""
+
         async def count(channel: Any) -> int:
-            declared = await channel.declare_queue(queue, durable=True, passive=True)
+            try:
+                declared = await channel.declare_queue(queue, durable=True, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
             return int(declared.declaration_result.consumer_count)
 
         return int(self._run(count))

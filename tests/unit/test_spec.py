@@ -101,13 +101,15 @@ def test_a_bad_duration_in_a_spec_names_the_field(value: object, message: str) -
 
 def test_public_is_function_level_and_makes_no_new_revision() -> None:
     assert sorted(FUNCTION_LEVEL_FIELDS) == [
-        "keep_alive", "max_event_age", "on_failure", "on_success", "public", "retries", "sticky_key", "triggers"
+        "cors", "keep_alive", "max_event_age", "on_failure", "on_success", "public", "retries", "routes",
+        "sticky_key", "triggers",
     ]  # fmt: skip
     private = validate_spec({"name": "x", "memory": 1024, "timeout": "30s"})
     public = validate_spec({"name": "x", "memory": 1024, "timeout": "30s", "public": True})
     assert private.revision_fields() == public.revision_fields()  # same digest: no new revision
     assert "public" not in public.revision_fields()
     jobs = {"retries": 2, "max_event_age": 21600.0, "on_success": None, "on_failure": None, "triggers": []}
+    jobs |= {"routes": [], "cors": {}}  # HTTP routes and CORS (tidal.routing)
     assert (private.function_settings(), public.function_settings()) == (
         {"public": False, "sticky_key": None, "keep_alive": None, **jobs},
         {"public": True, "sticky_key": None, "keep_alive": None, **jobs},

@@ -52,6 +52,8 @@ SAMPLE: dict[str, Any] = {
     "on_success": "notify",
     "on_failure": "alert",
     "triggers": [{"kind": "cron", "schedule": "*/5 * * * *", "tz": "Europe/Paris"}],
+    "routes": ["GET /items/{id}", "POST /items"],
+    "cors": {"origins": ["https://app.example"], "max_age": 600},
 }
 
 

@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import msgspec
+
+from tidal.auth.limits import KeyLimits, limits_from_json
 from tidal.store.models import KeyRecord
-from tidal.store.protocols import KeyStore
+from tidal.store.protocols import KeyStore, LimitStore
 
 SCOPE_PATTERN = re.compile(r"^(admin|invoke:\*|invoke:[a-z][a-z0-9_-]{0,62})$")
 ADMIN_KEY_FILE = "admin.key"
@@ -69,6 +73,7 @@ class Caller:
     key_id: str = ""
     scopes: frozenset[str] = frozenset()
     presented: bool = False
+    limits: KeyLimits | None = None  # rate and quotas (tidal.auth.limits); None: unlimited
 
     @property
     def authenticated(self) -> bool:
@@ -96,22 +101,37 @@ def bearer_token(authorization: str | None) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
+class KeyAndLimitStore(KeyStore, LimitStore, Protocol):
+    """What the key ring needs of the store: keys, and their limits."""
+
+
 @dataclass
 class KeyRing:
     """Key checks for the gateway. Known keys are answered from memory; a miss is looked up in a
     thread, so no request ever waits on the store on the event loop.
     """
 
-    store: KeyStore
+    store: KeyAndLimitStore
     clock: Callable[[], float] = time.monotonic
     # Both caches are keyed by the presented key (memory only; the store keeps hashes alone).
     _known: dict[str, tuple[Caller, float]] = field(default_factory=dict)  # key -> (caller, expires)
     _unknown: dict[str, float] = field(default_factory=dict)  # key -> expires
 
-    def create(self, scopes: list[str], description: str = "") -> tuple[KeyRecord, str]:
+    def create(
+        self, scopes: list[str], description: str = "", limits: KeyLimits | None = None
+    ) -> tuple[KeyRecord, str]:
         key_id, key = new_key()
         record = self.store.add_key(key_id, hash_key(key), check_scopes(scopes), description)
+        if limits is not None and not limits.empty:
+            self.store.set_key_limits(key_id, limits.to_json())
+            record = msgspec.structs.replace(record, limits=limits.to_json())
         return record, key
+
+    def set_limits(self, key_id: str, limits: KeyLimits) -> bool:
+        """Replace a key's limits; they apply to its next request (False: no active key ``key_id``)."""
+        changed = self.store.set_key_limits(key_id, limits.to_json())
+        self._known.clear()
+        return changed
 
     def revoke(self, key_id: str) -> bool:
         revoked = self.store.revoke_key(key_id)
@@ -136,7 +156,7 @@ class KeyRing:
             self._unknown[key] = now + UNKNOWN_KEY_TTL_S
             self._known.pop(key, None)
             return UNKNOWN_KEY
-        caller = Caller(record.id, frozenset(record.scopes), presented=True)
+        caller = Caller(record.id, frozenset(record.scopes), presented=True, limits=_limits_of(record))
         self._known[key] = (caller, now + KNOWN_KEY_TTL_S)
         self._unknown.pop(key, None)
         return caller
@@ -155,3 +175,11 @@ class KeyRing:
             file.write(key + "\n")
         os.chmod(path, 0o600)
         return path
+
+
+def _limits_of(record: KeyRecord) -> KeyLimits | None:
+    try:
+        limits = limits_from_json(record.limits)
+    except (ValueError, KeyError, TypeError):  # written by tidal alone: only a hand-edited row gets here
+        return None
+    return None if limits.empty else limits

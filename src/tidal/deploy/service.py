@@ -39,6 +39,7 @@ from tidal.store.models import Revision, revision_digest
 from tidal.store.protocols import FunctionStore
 
 INSPECT_TIMEOUT_S = 180.0
+MAX_INPUT_SCHEMA = 256 * 1024  # a typed input's JSON Schema, as the inspection found it
 ORPHAN_PIPES_S = 5.0  # after killing what an import forked, its pipes close in this time
 DEPLOY_CONFIG = "tidal.toml"
 ENTRY_CANDIDATES = ("main.py", "handler.py", "lambda_function.py", "app.py")
@@ -210,7 +211,7 @@ class Deployer:
                 # them updates the function, never makes a new revision or a cold start.
                 draft = _draft(
                     spec.revision_fields(), code_digest, module, item["attribute"], item["is_class"], style,
-                    environment,
+                    environment, _input_schema(item, style),
                 )  # fmt: skip
                 if options.no_traffic:
                     await self._check_serving(draft.function)
@@ -367,9 +368,22 @@ def _module_and_handler(entry: str, handler: str | None, names: list[str]) -> tu
     return module, handler
 
 
+def _input_schema(item: dict[str, Any], style: Style) -> str:
+    """The inspection's JSON Schema of a native function's typed input, if it is a JSON object.
+    The inspection ran user code: its answer is checked here, never trusted."""
+    text = item.get("input_schema")
+    if style is not Style.NATIVE or not isinstance(text, str) or not text or len(text) > MAX_INPUT_SCHEMA:
+        return ""
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return ""
+    return text if isinstance(parsed, dict) else ""
+
+
 def _draft(
     spec: dict[str, Any], code_digest: str, module: str, attribute: str, is_class: bool, style: Style,
-    environment: str,
+    environment: str, input_schema: str = "",
 ) -> Revision:  # fmt: skip
     return Revision(
         id="",
@@ -384,4 +398,5 @@ def _draft(
         spec=spec,
         created_at=time.time(),
         environment=environment,
+        input_schema=input_schema,
     )

@@ -16,9 +16,10 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from tidal.deploy.service import Deployed, DeployError, DeployOptions
+from tidal.gateway.key_limits import LimitFields, key_view
 from tidal.gateway.platform import Platform
 from tidal.router.router import Route
 from tidal.store.models import Activation, Revision
@@ -60,7 +61,7 @@ MAX_PATH_TEXT = 1024  # --entry, --handler, the deployed path's name
 MAX_OVERRIDES = 64 * 1024  # the JSON of spec overrides
 
 
-class KeyRequest(BaseModel):
+class KeyRequest(LimitFields):  # with rate, burst and quotas (tidal.gateway.key_limits)
     scopes: list[Annotated[str, Field(max_length=MAX_SCOPE_LENGTH)]] = Field(
         examples=[["invoke:embed"]], max_length=MAX_SCOPES
     )
@@ -390,16 +391,17 @@ async def list_loops(platform: Admin) -> dict[str, Any]:
 
 @router.get("/keys", summary="API keys (never the secrets)")
 async def list_keys(platform: Admin) -> dict[str, Any]:
-    return {"keys": [_plain(key) for key in await asyncio.to_thread(platform.store.list_keys)]}
+    return {"keys": [key_view(_plain(key)) for key in await asyncio.to_thread(platform.store.list_keys)]}
 
 
 @router.post("/keys", status_code=201, summary="Create a key; the secret is shown only in this answer")
 async def create_key(body: KeyRequest, platform: Admin) -> dict[str, Any]:
     try:
-        record, key = await asyncio.to_thread(platform.keys.create, body.scopes, body.description)
+        limits = body.limits()
+        record, key = await asyncio.to_thread(platform.keys.create, body.scopes, body.description, limits)
     except ValueError as exc:
         raise ApiError(400, "BadRequest", str(exc)) from None
-    return {**_plain(record), "key": key}
+    return {**key_view(_plain(record)), "key": key}
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key")

@@ -21,7 +21,9 @@ from tidal.gateway import (
     admin,
     buckets_api,
     jobs_api,
+    limits_api,
     rollout_api,
+    routes_api,
     shadow_api,
     traffic_api,
     triggers_api,
@@ -30,7 +32,10 @@ from tidal.gateway import (
 from tidal.gateway.asgi import ADMIN_PREFIX, AdminGuard, Receive, Scope, Send, respond
 from tidal.gateway.invoke import PREFIX, HttpInvoke
 from tidal.gateway.platform import GatewayConfig, Platform
+from tidal.gateway.routed import RoutedHttp
+from tidal.gateway.typed_docs import with_typed_functions
 from tidal.invoke.outcome import OUTCOMES
+from tidal.routing.model import is_reserved
 
 log = logging.getLogger("tidal.gateway")
 
@@ -63,6 +68,8 @@ def build_admin_app(platform: Platform) -> FastAPI:
     app.include_router(triggers_api.router)
     app.include_router(buckets_api.router)
     app.include_router(usage_api.router)  # GET /v1/usage: usage, cost, serverless vs reserved
+    app.include_router(limits_api.router)  # PATCH /v1/keys/{id}: a key's rate limit and quotas
+    app.include_router(routes_api.router)  # /v1/routes: HTTP routes by method and path (tidal.routing)
     app.include_router(dashboard_api.router)  # the page at / and GET /v1/functions/NAME/series
 
     @app.exception_handler(admin.ApiError)
@@ -142,7 +149,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             }
         }
         app.openapi_schema = schema
-    return app.openapi_schema
+    # Typed functions change with deploys: added to the cached document on each read (typed_docs).
+    return with_typed_functions(app.openapi_schema, app.state.platform.router.routes.values())
 
 
 class Gateway:
@@ -154,8 +162,10 @@ class Gateway:
             self.platform.invoker, self.platform.keys, config.max_body_bytes, self.platform.sticky_fields.get,
             jobs_api.AsyncIntake(self.platform.jobs, self.platform.router),
         )  # fmt: skip
+        self.invoke.limiter = self.platform.limiter  # per-key rate limits and quotas (tidal.auth.quota)
         self.admin = build_admin_app(self.platform)
         self.guarded_admin = AdminGuard(self.admin, self._authenticated)  # key, then body (hardening)
+        self.routed = RoutedHttp(self.platform.routes, self.invoke, self.admin)  # HTTP routes, CORS
 
     async def _authenticated(self, authorization: str | None) -> bool:
         return (await self.platform.keys.identify(authorization)).authenticated
@@ -164,6 +174,8 @@ class Gateway:
         if scope["type"] == "http":
             path = scope["path"]
             if path.startswith(PREFIX):
+                if self.platform.routes.function_cors:  # some function has a `cors` policy
+                    return await self.routed.invoke_function(scope, receive, send)
                 return await self.invoke(scope, receive, send)
             if path == "/healthz":
                 return await respond(send, 200, b'{"status":"ok"}', b"application/json", [])
@@ -171,4 +183,6 @@ class Gateway:
                 return await self.guarded_admin(scope, receive, send)
             if path == "/metrics":  # Prometheus text format (tidal.observability.metrics)
                 return await self.platform.observability.endpoint(scope, receive, send)
+            if not is_reserved(path):  # HTTP routes (tidal.routing); none matched: the admin app's 404
+                return await self.routed(scope, receive, send)
         await self.admin(scope, receive, send)

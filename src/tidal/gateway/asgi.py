@@ -75,10 +75,13 @@ async def respond_error(
     message: str,
     headers: Headers | None = None,
     activation: str = "",
+    errors: str = "",
 ) -> None:
-    error: dict[str, str] = {"type": error_type, "message": message}
+    error: dict[str, object] = {"type": error_type, "message": message}
     if activation:
         error["activation"] = activation
+    if errors:  # JSON text already (pydantic's error list, from the instance)
+        error["errors"] = msgspec.Raw(errors.encode())
     await respond(send, status, msgspec.json.encode({"error": error}), JSON_TYPE, headers or [])
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tidal.auth.keys import KeyRing
+from tidal.auth.quota import Limiter
 from tidal.gateway.asgi import (
     BodyTooLarge,
     ClientGone,
@@ -30,9 +31,12 @@ from tidal.gateway.asgi import (
     respond,
     respond_error,
 )
+from tidal.gateway.key_limits import respond_limited, with_rate_headers
+from tidal.gateway.typed_docs import function_document
 from tidal.invoke.core import Invoker
 from tidal.invoke.outcome import Outcome, OutcomeKind, Stream
 from tidal.invoke.request import InvocationRequest, RequestContext, Trigger
+from tidal.routing.table import ROUTE_SCOPE_KEY, Match
 from tidal.runtime.codec import FRAMING_HEADERS, NO_BODY_STATUSES, is_raw
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidal.gateway")
 
 PREFIX = "/fn/"
+OPENAPI_PATH = "openapi.json"  # GET /fn/NAME/openapi.json: the function's OpenAPI document
 # A body over the limit is still read (and thrown away) up to this many bytes, so that a client
 # that sends its whole body before reading (urllib, requests) sees the 413, not a reset.
 DISCARD_LIMIT = 64 * 1024 * 1024
@@ -88,6 +93,7 @@ class HttpInvoke:
         self.max_body = max_body
         self.sticky_field = sticky_field  # function -> its spec's `sticky_key` (a JSON field), or None
         self.jobs = jobs  # `Prefer: respond-async` / `?mode=async`: stored as a job, answered 202
+        self.limiter: Limiter | None = None  # per-key rate limits and quotas; set by the gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -101,8 +107,12 @@ class HttpInvoke:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         received_at = time.time()
-        target, _, rest = scope["path"][len(PREFIX) :].partition("/")
-        name, _, tag = target.partition("@")  # /fn/NAME@TAG targets a revision or tag directly
+        routed: Match | None = scope.get(ROUTE_SCOPE_KEY)  # set by tidal.gateway.routed: a route matched
+        if routed is None:
+            target, _, rest = scope["path"][len(PREFIX) :].partition("/")
+            name, _, tag = target.partition("@")  # /fn/NAME@TAG targets a revision or tag directly
+        else:
+            target, rest, name, tag = "", "", routed.route.function, ""
         route = self.invoker.router.route(name)
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
         caller = await self.keys.identify(headers.get("authorization"))
@@ -111,7 +121,16 @@ class HttpInvoke:
         refused = self.invoker.check(name, caller)
         if refused is not None:
             return await render(send, refused)
-        if route is not None and not route.any_method and (scope["method"] != "POST" or rest):
+        if rest == OPENAPI_PATH and scope["method"] == "GET" and route is not None and not route.any_method:
+            document = msgspec.json.encode(function_document(route))  # typed inputs' schema (typed_docs)
+            return await respond(send, 200, document, b"application/json", [])
+        if caller.limits is not None and self.limiter is not None:  # counted here, once admitted
+            verdict = self.limiter.admit(caller.key_id, caller.limits)
+            if not verdict.allowed:
+                return await respond_limited(receive, send, verdict)
+            send = with_rate_headers(send, verdict)  # RateLimit-* on the answer too (IETF draft)
+        if (routed is None and route is not None and not route.any_method
+                and (scope["method"] != "POST" or rest)):  # fmt: skip
             status, allow = (405, [(b"allow", b"POST")]) if not rest else (404, [])
             return await respond_error(send, status, "MethodNotAllowed" if status == 405 else "NotFound",
                                        f"invoke {name!r} with POST {PREFIX}{name}", allow)  # fmt: skip
@@ -127,8 +146,10 @@ class HttpInvoke:
             sticky_key=headers.get("x-tidal-key"),
             headers=headers,
             method=scope["method"],
-            path=scope["path"][len(PREFIX) + len(target) :] or "/",
+            path=scope["path"] if routed is not None else scope["path"][len(PREFIX) + len(target) :] or "/",
             query=scope.get("query_string", b"").decode("latin-1"),
+            path_params=routed.params if routed is not None else {},
+            route_key=routed.route.key if routed is not None else "",
         )
         content_type = headers.get("content-type", "application/json")
         if (
@@ -191,8 +212,9 @@ async def render(send: Send, outcome: Outcome) -> None:
         return await respond(send, outcome.http_status, outcome.body, outcome.content_type.encode(), headers)
     headers.extend(EXTRA_HEADERS.get(outcome.kind, ()))
     await respond_error(
-        send, outcome.http_status, outcome.error_type, outcome.message, headers, outcome.activation
-    )
+        send, outcome.http_status, outcome.error_type, outcome.message, headers, outcome.activation,
+        outcome.errors,
+    )  # fmt: skip
 
 
 async def stream(chunks: Stream, receive: Receive, send: Send, sse: bool) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidal.auth.keys import KeyRing
+from tidal.auth.quota import Limiter
 from tidal.autoscale.loop import Autoscaler
 from tidal.backends.isolation import choose_mode
 from tidal.backends.local import LocalBackend
@@ -39,6 +40,7 @@ from tidal.observability.wiring import observe
 from tidal.rollout.controller import RolloutController
 from tidal.router.pool import ScalingEvent
 from tidal.router.router import Route, Router, ServingTarget, ShadowServing
+from tidal.routing.service import RouteService
 from tidal.shadow.compare import parse_comparator
 from tidal.shadow.mirror import Mirror
 from tidal.shadow.recorder import ShadowRecorder
@@ -105,6 +107,9 @@ class Platform:
         self.store: Store = SQLiteStore(state_dir / "tidal.db")
         self._recover_metering(state_dir / "journal")
         self.keys = KeyRing(self.store)
+        # Per-key rate limits and quotas: quota counts read back from the store (tidal.auth.quota).
+        self.limiter = Limiter(self.store)
+        self.limiter.load()
         self.admin_key_path = self.keys.ensure_admin_key_file(state_dir)
         self.backend = LocalBackend(
             state_dir, template_idle_s=config.template_idle_s, sandbox=choose_mode(config.insecure_no_sandbox)
@@ -125,8 +130,9 @@ class Platform:
         self.recorder = ActivationRecorder(self.store, journal=self.journal)
         # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
         self.invoker = Invoker(
-            self.router, attributed(self.keep_alive.observing(self.recorder.record)), self.recorder.reject
-        )
+            self.router, attributed(self.limiter.observing(self.keep_alive.observing(self.recorder.record))),
+            self.recorder.reject,
+        )  # fmt: skip
         self.shadow_recorder = ShadowRecorder(self.store)
         self.invoker.mirror = self.mirror = Mirror(self.invoker, self.shadow_recorder)
         self.environments = EnvironmentBuilder(state_dir / "envs", state_dir / "cache" / "uv")
@@ -136,6 +142,7 @@ class Platform:
         )  # fmt: skip
         self.supervisor = Supervisor()
         self.supervisor.add("activation-writer", self.recorder.run)
+        self.supervisor.add("quota-writer", self.limiter.run)
         self.supervisor.add("instance-lives", self.lives.run)
         self.supervisor.add("shadow-writer", self.shadow_recorder.run)
         self.supervisor.add("autoscaler", self.autoscaler.run)
@@ -162,6 +169,8 @@ class Platform:
         self.buckets = FolderBuckets((config.buckets_dir or state_dir / "buckets").resolve())
         self.triggers = TriggerHub(self.store, self.jobs, self.buckets, trigger_sources())
         self.supervisor.add("triggers", self.triggers.run)
+        # HTTP routes by method and path, and CORS policies (tidal.routing; served by gateway.routed).
+        self.routes = RouteService(self.store)
         # The dashboard's charts of instances over time: the router's counts sampled each second.
         self.dashboard = DashboardState(self.router)
         self.supervisor.add("dashboard-sampler", self.dashboard.sampler.run)
@@ -198,6 +207,7 @@ class Platform:
         record = await asyncio.to_thread(self.store.function, function)
         self.keep_alive.configure(function, record.settings.get("keep_alive") if record is not None else None,
                                   stored=record is not None)  # fmt: skip
+        await self.routes.sync(function, record.settings if record is not None else None)  # `routes`, `cors`
         if record is None or not record.traffic:
             self.router.remove(function)
             return None
@@ -305,6 +315,7 @@ class Platform:
         await asyncio.gather(*self._chores, return_exceptions=True)
         await self.environments.close()
         await self.recorder.flush()
+        await self.limiter.flush()  # after the last records: their GB-s count
         await self.lives.flush()
         self.journal.close()
         await self.shadow_recorder.flush()

@@ -99,9 +99,21 @@ def outcome_of_error(error: Error) -> Outcome:
         else:
             kind = OutcomeKind.FUNCTION_ERROR
     outcome = Outcome.error(kind, error.message, error.type)
+    outcome.errors = _json_or_empty(error.errors)  # a typed input's validation errors, for the caller
     if kind is OutcomeKind.FUNCTION_ERROR and error.type in UNSENDABLE_ANSWERS:
         outcome.status = 502  # the function answered, but not with something HTTP can carry
     return outcome
+
+
+def _json_or_empty(text: str) -> str:
+    """``text`` when it is JSON: it is copied into the answer as it is, and the instance is not trusted."""
+    if not text:
+        return ""
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return ""
+    return text
 
 
 def _ignore_rejection(function: str, at: float) -> None:
@@ -227,7 +239,8 @@ class Invoker:
 
         def build(call_id: int) -> Invoke:
             return Invoke(call_id, activation.id, deadline, request.body, request.content_type, forwarded,
-                          context.method, context.path, context.query)  # fmt: skip
+                          context.method, context.path, context.query, context.path_params,
+                          context.route_key)  # fmt: skip
 
         try:
             call = client.call(build)

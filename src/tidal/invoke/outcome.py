@@ -102,6 +102,7 @@ class Outcome:
     cold: bool = False
     cold_detail: str = ""  # on a cold start: "fork" | "template-built" | "spawn" (how the instance started)
     stream: Stream | None = None
+    errors: str = ""  # typed inputs: pydantic's error list (JSON text) of a body that did not validate
 
     @classmethod
     def error(cls, kind: OutcomeKind, message: str, error_type: str = "") -> Outcome:

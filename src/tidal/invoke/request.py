@@ -40,6 +40,9 @@ class RequestContext:
     method: str = "POST"
     path: str = "/"
     query: str = ""
+    # Set when an HTTP route (tidal.routing) matched: its parameters and its key, `GET /items/{id}`.
+    path_params: dict[str, str] = field(default_factory=dict)
+    route_key: str = ""
 
 
 NO_CONTEXT = RequestContext()

@@ -6,6 +6,7 @@ import base64
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -151,9 +152,10 @@ def lambda_http_event(invoke: Invoke, function: str) -> dict[str, Any]:
         key, _, value = pair.partition("=")
         query[key] = value if key not in query else f"{query[key]},{value}"
     now = time.time()
-    return {
+    route_key = invoke.route_key or "$default"  # `GET /items/{id}` when an HTTP route matched
+    event: dict[str, Any] = {
         "version": "2.0",
-        "routeKey": "$default",
+        "routeKey": route_key,
         "rawPath": invoke.path,
         "rawQueryString": invoke.query,
         "headers": invoke.headers,
@@ -170,7 +172,7 @@ def lambda_http_event(invoke: Invoke, function: str) -> dict[str, Any]:
                 "userAgent": invoke.headers.get("user-agent", ""),
             },
             "requestId": invoke.activation,
-            "routeKey": "$default",
+            "routeKey": route_key,
             "stage": "$default",
             "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "timeEpoch": int(now * 1000),
@@ -178,6 +180,19 @@ def lambda_http_event(invoke: Invoke, function: str) -> dict[str, Any]:
         "body": invoke.body.decode() if text else base64.b64encode(invoke.body).decode(),
         "isBase64Encoded": not text,
     }
+    if invoke.path_params:  # as API Gateway: present only for a route with parameters
+        event["pathParameters"] = invoke.path_params
+    return event
+
+
+def query_parameters(query: str) -> dict[str, str]:
+    """A query string as a dict, decoded (``a=1&b=x%20y&a=2`` -> ``{"a": "1,2", "b": "x y"}``):
+    a repeated key joins its values with ',' as API Gateway's ``queryStringParameters`` does.
+    """
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        params[key] = value if key not in params else f"{params[key]},{value}"
+    return params
 
 
 # Framing and hop-by-hop headers are the server's to write: a handler's would contradict the body

@@ -16,6 +16,7 @@ from typing import Any
 
 from tidal.runtime import sandbox
 from tidal.runtime.loader import declared_functions, import_entry
+from tidal.runtime.typed_input import schema_text
 
 
 def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str, Any]:
@@ -29,15 +30,10 @@ def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str,
         if not callable(target):
             return {"ok": False, "error": f"module {module_name!r} has no callable {handler!r}"}
         return {"ok": True, "functions": [{"attribute": handler, "is_class": False, "spec": {}}]}
-    functions = [
-        {
-            "attribute": attribute,
-            "is_class": declaration.is_class,
-            "spec": declaration.spec,
-            "is_stream": _is_generator(getattr(module, attribute)),
-        }
-        for attribute, declaration in declared_functions(module)
-    ]
+    try:
+        functions = _declared(module)
+    except TypedInputError as exc:
+        return {"ok": False, "error": str(exc)}
     if not functions:
         return {
             "ok": False,
@@ -45,6 +41,34 @@ def describe(code_dir: Path, module_name: str, handler: str | None) -> dict[str,
             "for a Lambda-style module pass --handler NAME --style lambda",
         }
     return {"ok": True, "functions": functions}
+
+
+def _declared(module: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "attribute": attribute,
+            "is_class": declaration.is_class,
+            "spec": declaration.spec,
+            "is_stream": _is_generator(getattr(module, attribute)),
+            "input_schema": _input_schema(getattr(module, attribute)),
+        }
+        for attribute, declaration in declared_functions(module)
+    ]
+
+
+def _input_schema(obj: Any) -> str:
+    """The JSON Schema of a typed input (tidal.runtime.typed_input) as text; "" when untyped.
+    A type pydantic cannot handle fails here, at deploy, not at the first call."""
+    try:
+        return schema_text(obj)
+    except Exception as exc:
+        raise TypedInputError(
+            f"the input type of {getattr(obj, '__name__', obj)!r} cannot be validated: {exc}"
+        ) from exc
+
+
+class TypedInputError(Exception):
+    pass
 
 
 def _is_generator(obj: Any) -> bool:

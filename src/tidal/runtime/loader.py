@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tidal.runtime.typed_input import Validator, target_adapter
 from tidal.sdk.decorator import DECLARATION_ATTRIBUTE, FunctionDeclaration
 
 
@@ -56,6 +57,9 @@ class Target:
     # ``unload_model(model_id, model)`` (tidal.runtime.models).
     load_model: Callable[[str], Any] | None = None
     unload_model: Callable[[str, Any], None] | None = None
+    # Typed inputs: the validator of the first parameter's pydantic model / dataclass / TypedDict
+    # (tidal.runtime.typed_input), built once here; None when the input is untyped.
+    input_adapter: Validator | None = None
 
 
 def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Target, Callable[[], None]]:
@@ -97,6 +101,7 @@ def build_target(module: ModuleType, attribute: str, is_class: bool) -> tuple[Ta
         setup_instance=setup_instance,
         load_model=load_model,
         unload_model=unload_model,
+        input_adapter=target_adapter(type(instance) if is_class else obj),
     )
     return target, setup
 

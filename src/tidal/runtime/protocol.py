@@ -43,6 +43,9 @@ class Invoke(Frame, tag="invoke", frozen=True):
     method: str = "POST"
     path: str = "/"
     query: str = ""
+    # A request that came by an HTTP route (tidal.routing): its parameters and `GET /items/{id}`.
+    path_params: dict[str, str] = {}
+    route_key: str = ""
 
 
 class Cancel(Frame, tag="cancel", frozen=True):
@@ -95,6 +98,9 @@ class Error(Frame, tag="error", frozen=True):
     # The caller sent unusable input (the function raised tidal.InputError, or the JSON body was
     # malformed): a 4xx for the client, not a crash of the function; no traceback is logged.
     caller_fault: bool = False
+    # Typed inputs: pydantic's error list as JSON text, when the body did not fit the function's
+    # input type (tidal.runtime.typed_input); the client sees it as ``error.errors``.
+    errors: str = ""
 
 
 Message = Invoke | Cancel | Ready | SetupFailed | Result | Chunk | End | Error

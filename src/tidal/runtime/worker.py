@@ -47,6 +47,7 @@ from tidal.runtime.protocol import (
     SetupFailed,
     encode,
 )
+from tidal.runtime.typed_input import InvalidInput, validate
 from tidal.sdk.batch import ItemError
 from tidal.sdk.context import Context
 from tidal.sdk.errors import InputError
@@ -167,6 +168,11 @@ class Worker:
         except codec.BadRequest as exc:
             stats = self.stats(started, cpu_box)
             self.send(Error(request.id, "BadRequest", str(exc), stats, caller_fault=True))
+        except InvalidInput as exc:  # the body does not fit the function's typed input: it never ran
+            stats = self.stats(started, cpu_box)
+            self.send(
+                Error(request.id, "ValidationError", str(exc), stats, caller_fault=True, errors=exc.errors)
+            )
         except InputError as exc:  # the function refused its input: the caller's fault, not a crash
             stats, logs = self.stats(started, cpu_box, cpu_started, request.id), capture.collected(buffer)
             self.send(Error(request.id, type(exc).__name__, str(exc), stats, logs, caller_fault=True))
@@ -292,6 +298,8 @@ class Worker:
             event = codec.decode_body(request)
             if config.style == "lambda" and event is None:
                 event = {}
+            elif self.target.input_adapter is not None and config.style == "native" and self.batcher is None:
+                event = validate(self.target.input_adapter, event)  # InvalidInput: a 422, and no call
         if config.style == "native" and not self.target.wants_context:
             return (event,)
         model_id = None
@@ -309,6 +317,8 @@ class Worker:
             deadline=request.deadline,
             headers=request.headers,
             model_id=model_id,
+            path_params=request.path_params,
+            query_params=codec.query_parameters(request.query) if request.query else {},
         )
         return (event, context)
 

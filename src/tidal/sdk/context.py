@@ -27,6 +27,10 @@ class Context:
     # what the class's ``load_model`` returned for it.
     model_id: str | None = None
     model: Any = None
+    # A request that came by an HTTP route (``tidal route add GET /items/{id} NAME``): the path's
+    # parameters ({"id": "42"}) and the query string ({"x": "1"}; a repeated key joins with ",").
+    path_params: dict[str, str] = field(default_factory=dict)
+    query_params: dict[str, str] = field(default_factory=dict)
 
     @property
     def aws_request_id(self) -> str:

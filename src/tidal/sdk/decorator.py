@@ -72,6 +72,8 @@ SPEC_FIELDS: tuple[str, ...] = (
     "on_success",
     "on_failure",
     "triggers",
+    "routes",
+    "cors",
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from tidal.routing.model import RouteRecord
 from tidal.store.models import (
     Activation,
     FunctionRecord,
@@ -317,6 +318,26 @@ class TriggerStore(Protocol):
     def set_trigger_error(self, trigger_id: str, error: str, at: float) -> None: ...
 
 
+class RouteStore(Protocol):
+    """HTTP routes by method and path (tidal.routing), each with its CORS policy."""
+
+    def add_route(self, route: RouteRecord) -> RouteRecord | None:
+        """Store ``route``, or return the stored route it conflicts with; LookupError: no such function."""
+        ...
+
+    def route(self, route_id: str) -> RouteRecord | None: ...
+
+    def routes(self, function: str | None = None) -> list[RouteRecord]: ...
+
+    def delete_route(self, route_id: str) -> bool: ...
+
+    def sync_spec_routes(
+        self, function: str, declared: list[RouteRecord]
+    ) -> list[tuple[RouteRecord, RouteRecord]]:
+        """Make the function's spec-origin routes ``declared``; the refused ones with their conflicts."""
+        ...
+
+
 class UsageStore(Protocol):
     """Metering: usage sums, filtered activation listings, instance lives (tidal.metering)."""
 
@@ -369,10 +390,26 @@ class KeepAliveStore(Protocol):
         ...
 
 
+class LimitStore(Protocol):
+    """Rate limits and quotas per key (tidal.auth.limits): the limits of a key, the usage counted."""
+
+    def set_key_limits(self, key_id: str, limits: str) -> bool:
+        """Replace an active key's limits (JSON text); False when no active key has that id."""
+        ...
+
+    def add_quota_usage(self, deltas: Mapping[tuple[str, str, float], tuple[int, float]]) -> None:
+        """Add (requests, GB-s) per (key id, period, period start), in one transaction."""
+        ...
+
+    def quota_usage(self, since: float) -> list[tuple[str, str, float, int, float]]:
+        """(key id, period, period start, requests, GB-s) of the windows that started at ``since`` or later."""
+        ...
+
+
 class Store(
-    KeepAliveStore,
+    KeepAliveStore, LimitStore,
     FunctionStore, KeyStore, ActivationStore, ScalingEventStore, RolloutStore, ShadowStore, JobStore,
-    TriggerStore, UsageStore, Protocol,
+    TriggerStore, UsageStore, RouteStore, Protocol,
 ):  # fmt: skip
     """Everything the platform keeps."""
 

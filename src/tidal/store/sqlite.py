@@ -30,7 +30,9 @@ from tidal.store.sqlite_base import (
 )
 from tidal.store.sqlite_jobs import JobTables
 from tidal.store.sqlite_keepalive import KeepAliveTables
+from tidal.store.sqlite_limits import LimitTables
 from tidal.store.sqlite_rollouts import RolloutTables
+from tidal.store.sqlite_routes import RouteTables
 from tidal.store.sqlite_shadow import ShadowTables
 from tidal.store.sqlite_triggers import TriggerTables
 from tidal.store.sqlite_usage import UsageTables
@@ -44,7 +46,10 @@ SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 SMALLEST_ROWID = -(2**63)
 
 
-class SQLiteStore(RolloutTables, ShadowTables, JobTables, TriggerTables, UsageTables, KeepAliveTables):
+class SQLiteStore(
+    RolloutTables, ShadowTables, JobTables, TriggerTables, UsageTables, KeepAliveTables, LimitTables,
+    RouteTables,
+):  # fmt: skip
     # -- functions and revisions ---------------------------------------------------------------
 
     def add_revision(
