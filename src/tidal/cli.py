@@ -81,6 +81,14 @@ def up(
         list[Path] | None, typer.Option(help="deploy this file or folder at start (repeatable)")
     ] = None,
     max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 6 * 1024 * 1024,
+    max_queued_body_mb: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="bodies of requests waiting for an instance, all functions together, MiB; "
+            "past it 429 (0: no budget)",
+        ),
+    ] = 256,
     insecure_no_sandbox: Annotated[
         bool,
         typer.Option(
@@ -162,6 +170,7 @@ def up(
             GatewayConfig(
                 state_dir=state_dir,
                 max_body_bytes=max_body,
+                max_queued_body_bytes=max_queued_body_mb * 1024 * 1024,
                 deploy_paths=list(deploy or []),
                 template_idle_s=template_idle_s,
                 insecure_no_sandbox=insecure_no_sandbox,

@@ -38,7 +38,7 @@ from tidal.metering.recorder import ActivationRecorder
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION_S, Retention, RetentionPolicy
 from tidal.observability.wiring import observe
 from tidal.rollout.controller import RolloutController
-from tidal.router.pool import ScalingEvent
+from tidal.router.pool import QueuedBodies, ScalingEvent
 from tidal.router.router import Route, Router, ServingTarget, ShadowServing
 from tidal.routing.service import RouteService
 from tidal.shadow.compare import parse_comparator
@@ -59,6 +59,7 @@ T = TypeVar("T")
 class GatewayConfig:
     state_dir: Path = Path(".tidal")
     max_body_bytes: int = 6 * MiB  # like AWS Lambda's synchronous payload limit
+    max_queued_body_bytes: int = 256 * MiB  # bodies of requests waiting for room, all pools (0: no budget)
     max_deploy_bytes: int = 512 * MiB
     deploy_paths: list[Path] = field(default_factory=list)
     autoscale_tick_s: float = 1.0
@@ -124,7 +125,10 @@ class Platform:
         self.autoscaler = Autoscaler(lambda: self.router.pools(), config.autoscale_tick_s, self._record_event,
                                      self.keep_alive.wish)  # fmt: skip
         self.lives = InstanceLives(self.store)  # each instance's start and stop (metering)
-        self.router = Router(self.backend, on_demand=self.autoscaler.poke, lives=self.lives)
+        self.router = Router(
+            self.backend, on_demand=self.autoscaler.poke, lives=self.lives,
+            queued_bodies=QueuedBodies(config.max_queued_body_bytes),
+        )  # fmt: skip
         # Each record goes to the journal before its answer is sent (tidal.metering.journal).
         self.journal = ActivationJournal(state_dir / "journal")
         self.recorder = ActivationRecorder(self.store, journal=self.journal)

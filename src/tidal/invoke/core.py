@@ -278,7 +278,9 @@ class Invoker:
         for _ in range(REROUTES):
             pool = target.pool
             try:
-                client, waited_ms = await pool.acquire(max(0.0, deadline - time.time()), request.context)
+                client, waited_ms = await pool.acquire(
+                    max(0.0, deadline - time.time()), request.context, len(request.body)
+                )
                 break
             except RevisionRetired:
                 if not reroute:

@@ -44,6 +44,20 @@ def start_backoff_s(consecutive_failures: int) -> float:
     return backoff_s(consecutive_failures, START_BACKOFF_FIRST_S, START_BACKOFF_MAX_S)
 
 
+class QueuedBodies:
+    """The bytes of request bodies waiting in every pool's queue, against one budget for the
+    gateway: each pool's ``max_queue`` bounds a count, this bounds the memory those requests hold
+    (a burst of 6 MiB bodies into many functions' queues would otherwise grow without bound).
+    0: no budget."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def admits(self, size: int) -> bool:
+        return not self.limit or self.used + size <= self.limit
+
+
 class QueueFull(Exception):
     """The revision's queue holds ``max_queue`` requests already: answer 429."""
 
@@ -114,8 +128,10 @@ class RevisionPool:
         choose: InstanceChooser = least_loaded,
         connect: Connect = InstanceClient.connect,
         lives: LifeLog | None = None,
+        queued_bodies: QueuedBodies | None = None,
     ) -> None:
         self.launch = launch
+        self.queued_bodies = queued_bodies or QueuedBodies()
         self.lives: LifeLog = lives or NoLifeLog()
         self.revision: Revision = launch.revision
         self.spec: FunctionSpec = launch.spec
@@ -147,9 +163,12 @@ class RevisionPool:
         return self.choose(self.ready, self.spec.concurrency, context)
 
     async def acquire(
-        self, wait_s: float, context: RequestContext = NO_CONTEXT
+        self, wait_s: float, context: RequestContext = NO_CONTEXT, body_bytes: int = 0
     ) -> tuple[InstanceClient, float]:
-        """An instance with room, and the ms this request waited for one (0 when it had room at once)."""
+        """An instance with room, and the ms this request waited for one (0 when it had room at once).
+
+        A request that has to wait holds ``body_bytes`` of the gateway's queued-body budget meanwhile.
+        """
         self.meter.change(+1, self.clock())
         client = None if self.waiters else self._free(context)
         if client is not None:
@@ -157,9 +176,15 @@ class RevisionPool:
             return client, 0.0
         try:
             self._admit()
+            if not self.queued_bodies.admits(body_bytes):
+                self.counters.rejected += 1
+                raise QueueFull(
+                    f"queued request bodies would exceed the gateway's budget of {self.queued_bodies.limit} bytes"
+                )
         except BaseException:
             self.meter.change(-1, self.clock())
             raise
+        self.queued_bodies.used += body_bytes
         started = self.clock()
         waiter: asyncio.Future[InstanceClient] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
@@ -176,6 +201,7 @@ class RevisionPool:
             raise
         finally:
             timer.cancel()
+            self.queued_bodies.used -= body_bytes
         return client, (self.clock() - started) * 1000
 
     def _admit(self) -> None:

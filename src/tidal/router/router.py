@@ -21,7 +21,7 @@ from typing import Any
 from tidal.backends.base import Backend, InstanceSpec
 from tidal.invoke.request import RequestContext
 from tidal.router.multiplex import choose_for_model
-from tidal.router.pool import LifeLog, RevisionPool, least_loaded
+from tidal.router.pool import LifeLog, QueuedBodies, RevisionPool, least_loaded
 from tidal.shadow.compare import Comparator
 from tidal.spec import FunctionSpec, Style, validate_spec
 from tidal.store.models import Revision
@@ -138,8 +138,10 @@ class Router:
         on_demand: Callable[[], None] = lambda: None,
         draw: Callable[[], float] = random.random,
         lives: LifeLog | None = None,
+        queued_bodies: QueuedBodies | None = None,
     ) -> None:
         self.backend = backend
+        self.queued_bodies = queued_bodies or QueuedBodies()  # one budget for every pool's queue
         self.on_demand = on_demand  # the autoscaler's poke
         self.lives = lives  # told of each instance's start and stop (metering)
         self.draw = draw
@@ -207,8 +209,9 @@ class Router:
             # A multiplexed revision sends each model's requests to an instance that holds it.
             choose = choose_for_model if spec.max_models else least_loaded
             pool = RevisionPool(
-                launch, self.backend, on_demand=self.on_demand, lives=self.lives, choose=choose
-            )
+                launch, self.backend, on_demand=self.on_demand, lives=self.lives, choose=choose,
+                queued_bodies=self.queued_bodies,
+            )  # fmt: skip
             self._pools[item.revision.id] = pool
             self._in_background(self.backend.prepare(launch))  # warm template: cold starts fork
             pool.scale_to(spec.min_instances, "min_instances")
