@@ -15,8 +15,8 @@ from conftest import activation
 from tidal.autoscale.decider import DeciderState, KeepAliveWish, decide
 from tidal.backends.base import InstanceSpec
 from tidal.keepalive.keeper import KeepAliveKeeper
-from tidal.keepalive.live import Phase, clock, live_state
-from tidal.keepalive.policy import Windows
+from tidal.keepalive.live import Phase, live_state
+from tidal.keepalive.policy import Windows, clock
 from tidal.router.pool import RevisionPool
 from tidal.spec import FunctionSpec
 

@@ -31,6 +31,17 @@ class ApiError(HTTPException):
         self.error_type = error_type
 
 
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, or a 400 that says it must be one."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "BadRequest", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    return body
+
+
 def platform_of(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform

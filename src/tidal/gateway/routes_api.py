@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from tidal.gateway.admin import Admin, ApiError
+from tidal.gateway.admin import Admin, ApiError, json_object
 from tidal.routing.model import RouteError, RouteRecord, cors_document
 from tidal.routing.service import RouteConflict
 from tidal.spec import NAME_PATTERN
@@ -43,12 +43,7 @@ async def list_routes(
 
 @router.post("/routes", status_code=201, summary="Route METHOD /path to a function (admin)")
 async def add_route(request: Request, platform: Admin) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "BadRequest", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    body = await json_object(request)
     unknown = sorted(set(body) - {"method", "path", "function", "cors"})
     if unknown:
         raise ApiError(400, "BadRequest", f"unknown field(s) {unknown}; known: method, path, function, cors")

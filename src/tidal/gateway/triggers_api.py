@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Query, Request
 
-from tidal.gateway.admin import Admin, ApiError
+from tidal.gateway.admin import Admin, ApiError, json_object
 from tidal.spec import NAME_PATTERN
 from tidal.store.models import TriggerRecord
 from tidal.triggers.model import TriggerError, describe
@@ -64,12 +64,7 @@ async def list_triggers(
 
 @router.post("/triggers", status_code=201, summary="Add an event trigger to a function (admin)")
 async def add_trigger(request: Request, platform: Admin) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "BadRequest", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    body = await json_object(request)
     function = body.pop("function", None)
     if not isinstance(function, str) or not NAME_PATTERN.match(function):
         raise ApiError(400, "BadRequest", "'function' must name a function")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tidal.autoscale.decider import KeepAliveWish
-from tidal.keepalive.policy import Windows
+from tidal.keepalive.policy import Windows, clock
 
 
 class Phase(StrEnum):
@@ -62,15 +62,3 @@ def live_state(now: float, last_end: float | None, busy: bool, windows: Windows,
         f"-{clock(windows.keep_alive_s)} after the last one"
     )
     return LiveState(Phase.PREWARMED, KeepAliveWish("prewarm", reason), False, keep_until)
-
-
-def clock(seconds: float) -> str:
-    """Short human duration: 3.6 -> "3.6s", 270 -> "4m30s", 600 -> "10m", 5400 -> "1h30m"."""
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"

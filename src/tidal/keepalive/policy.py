@@ -253,9 +253,9 @@ def windows(policy: KeepAlivePolicy, histogram: IdleHistogram) -> Windows:
 def _reason(
     policy: KeepAlivePolicy, histogram: IdleHistogram, prewarm_s: float, keep_alive_s: float, mode: str
 ) -> str:
-    keeping = f"keep until {_clock(keep_alive_s)}"
+    keeping = f"keep until {clock(keep_alive_s)}"
     if prewarm_s > 0:
-        keeping = f"pre-warm at {_clock(prewarm_s)}, {keeping}"
+        keeping = f"pre-warm at {clock(prewarm_s)}, {keeping}"
     if isinstance(policy, Fixed):
         return f"fixed keep-alive: keep loaded {format_seconds(policy.seconds)} after each call"
     samples = histogram.total
@@ -264,7 +264,7 @@ def _reason(
         forecast_s = forecast_idle_s(histogram.recent_out_of_range)
         return (
             f"{share:.0%} of {samples} idle times beyond {format_seconds(histogram.range_s)}, "
-            f"next expected in {_clock(forecast_s)}: {keeping}"
+            f"next expected in {clock(forecast_s)}: {keeping}"
         )
     cv = histogram.coefficient_of_variation()
     if mode == "histogram":
@@ -277,7 +277,7 @@ def _reason(
     return f"{why}: fixed keep-alive of {format_seconds(policy.fallback_s)}"
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     """Human duration: 270 -> "4m30s", 330 -> "5m30s", 12.5 -> "12.5s", 23400 -> "6h30m"."""
     if seconds < 60:
         return f"{seconds:.3g}s"

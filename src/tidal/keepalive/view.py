@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidal.keepalive.live import clock
+from tidal.keepalive.policy import clock
 
 
 def keep_alive_line(info: dict[str, Any], now: float) -> str:

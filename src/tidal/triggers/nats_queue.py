@@ -32,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from tidal.store.models import Job, TriggerRecord
+from tidal.triggers.handlers import Handlers, failure_of
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -70,8 +71,7 @@ class NatsQueueSource:
         self.batch, self.concurrency = int(config["batch"]), int(config["concurrency"])  # type: ignore[call-overload]
         self.max_deliveries = int(config["max_deliveries"])  # type: ignore[call-overload]
         self.ack_wait_s = float(config["visibility_timeout"])  # type: ignore[arg-type]
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._failures: list[BaseException] = []  # of handlers that ended early (the server lost)
+        self._handlers = Handlers()  # by STREAM:SEQUENCE:DELIVERY
 
     async def run(self) -> None:
         connection = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=0)
@@ -85,24 +85,21 @@ class NatsQueueSource:
             subscription = await stream.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,
                                                        config=consumer)  # fmt: skip
             while True:
-                free = self.concurrency - len(self._in_flight)
+                free = self.concurrency - len(self._handlers)
                 if free <= 0:
-                    await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
-                    self._raise_failures()
+                    await self._handlers.wait_for_one()
                     continue
                 try:
                     messages = await subscription.fetch(min(self.batch, free), timeout=FETCH_WAIT_S)
                 except NatsTimeout:
                     messages = []
                 for message in messages:
-                    task = asyncio.get_running_loop().create_task(self._handle(connection, message))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._ended)
-                self._raise_failures()
+                    metadata = message.metadata  # a redelivery while a handler still runs is its own
+                    key = f"{self.stream}:{metadata.sequence.stream}:{metadata.num_delivered}"
+                    self._handlers.start(key, self._handle(connection, message))
+                self._handlers.raise_failures()
         finally:
-            for task in self._in_flight:
-                task.cancel()
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._handlers.cancel_all()
             with contextlib.suppress(Exception):
                 await connection.close()
 
@@ -111,15 +108,6 @@ class NatsQueueSource:
             await stream.stream_info(self.stream)
         except NotFoundError:
             await stream.add_stream(StreamConfig(name=self.stream, subjects=[self.subject]))
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            self._failures.append(error)
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            raise self._failures.pop(0)
 
     async def _handle(self, connection: nats.NATS, message: Msg) -> None:
         metadata = message.metadata
@@ -144,8 +132,7 @@ class NatsQueueSource:
         if ended.state == "succeeded":
             await message.ack()
         else:
-            error = f"{ended.error_type}: {ended.error_message}" if ended.error_type else ended.state
-            await self._dead_letter(connection, message, message_id, error, ended)
+            await self._dead_letter(connection, message, message_id, failure_of(ended), ended)
 
     async def _wait_working(self, job: Job, message: Msg) -> Job:
         """The job once final, telling JetStream every half ack_wait that the message is in progress."""

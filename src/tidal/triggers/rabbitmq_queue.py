@@ -32,6 +32,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from tidal.store.models import Job, TriggerRecord
+from tidal.triggers.handlers import Handlers, failure_of
 from tidal.triggers.nats_queue import MESSAGE_HEADER, event_of
 
 if TYPE_CHECKING:
@@ -55,8 +56,7 @@ class RabbitQueueSource:
         self.dead_letter = str(config["dead_letter"])
         self.concurrency = int(config["concurrency"])  # type: ignore[call-overload]
         self.max_deliveries = int(config["max_deliveries"])  # type: ignore[call-overload]
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._failures: list[BaseException] = []
+        self._handlers = Handlers()  # by delivery tag
 
     async def run(self) -> None:
         connection = await aio_pika.connect(self.url, timeout=5)
@@ -71,28 +71,15 @@ class RabbitQueueSource:
             while not closed.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closed.wait(), 1.0)
-                self._raise_failures()
+                self._handlers.raise_failures()
             raise ConnectionError("the connection to RabbitMQ closed")  # the hub restarts the source
         finally:
-            for task in self._in_flight:
-                task.cancel()
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._handlers.cancel_all()
             with contextlib.suppress(Exception):
                 await connection.close()
 
     async def _start(self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(channel, message))
-        self._in_flight.add(task)
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            self._failures.append(error)
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            raise self._failures.pop(0)
+        self._handlers.start(str(message.delivery_tag), self._handle(channel, message))
 
     async def _handle(self, channel: aio_pika.abc.AbstractChannel, message: AbstractIncomingMessage) -> None:
         message_id, stable = message_key(self.queue_name, message.message_id, message.body)
@@ -117,8 +104,7 @@ class RabbitQueueSource:
         if ended.state == "succeeded":
             await message.ack()
         else:
-            error = f"{ended.error_type}: {ended.error_message}" if ended.error_type else ended.state
-            await self._dead_letter(channel, message, message_id, error, ended)
+            await self._dead_letter(channel, message, message_id, failure_of(ended), ended)
 
     async def _dead_letter(
         self,

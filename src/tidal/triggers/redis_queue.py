@@ -22,7 +22,6 @@ gateway) is dead-lettered unread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tidal.store.models import Job, TriggerRecord
+from tidal.triggers.handlers import Handlers, failure_of
 
 if TYPE_CHECKING:
     from tidal.triggers.service import TriggerHub
@@ -68,8 +68,7 @@ class RedisQueueSource:
         self.dead_letter = str(config["dead_letter"])
         self.visibility_ms = int(float(config["visibility_timeout"]) * 1000)  # type: ignore[arg-type]
         self.consumer = f"{socket.gethostname()}-{trigger.id}"
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._failures: list[BaseException] = []  # of handlers that ended early (Redis lost mid-ack)
+        self._handlers = Handlers()  # by entry id
 
     async def run(self) -> None:
         redis = Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=5)
@@ -79,11 +78,9 @@ class RedisQueueSource:
             while True:
                 await self._reclaim(redis)
                 await self._consume(redis, ">")
-                self._raise_failures()
+                self._handlers.raise_failures()
         finally:
-            for task in self._in_flight.values():
-                task.cancel()
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            await self._handlers.cancel_all()
             await redis.aclose()
 
     async def _ensure_group(self, redis: Redis) -> None:
@@ -96,16 +93,16 @@ class RedisQueueSource:
     async def _consume(self, redis: Redis, start: str) -> None:
         """Read up to the free slots' worth of entries (fresh with ``>``, our pending with ``0``)."""
         while True:
-            free = self.concurrency - len(self._in_flight)
+            free = self.concurrency - len(self._handlers)
             if free <= 0:
-                await asyncio.wait(set(self._in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
+                await self._handlers.wait_for_one()
                 continue
             block = BLOCK_MS if start == ">" else None
             answer: Any = await redis.xreadgroup(
                 self.group, self.consumer, {self.stream: start}, count=min(self.batch, free), block=block
             )
             entries: list[Entry] = answer[0][1] if answer else []
-            fresh = [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight]
+            fresh = [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._handlers]
             for entry_id, fields in fresh:
                 self._start(redis, entry_id, fields or {}, counted=start != ">")
             if start == ">" or not fresh:
@@ -117,23 +114,11 @@ class RedisQueueSource:
             self.stream, self.group, self.consumer, self.visibility_ms, "0-0", count=self.batch
         )
         for entry_id, fields in answer[1]:
-            if entry_id not in self._in_flight and fields is not None:
+            if entry_id not in self._handlers and fields is not None:
                 self._start(redis, entry_id, fields, counted=True)
 
     def _start(self, redis: Redis, entry_id: str, fields: dict[str, str], counted: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(redis, entry_id, fields, counted))
-        self._in_flight[entry_id] = task
-        task.add_done_callback(lambda ended: self._ended(entry_id, ended))
-
-    def _ended(self, entry_id: str, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(entry_id, None)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            self._failures.append(error)
-
-    def _raise_failures(self) -> None:
-        """A handler that lost Redis fails the source (the hub retries it with backoff)."""
-        if self._failures:
-            raise self._failures.pop(0)
+        self._handlers.start(entry_id, self._handle(redis, entry_id, fields, counted))
 
     async def _handle(self, redis: Redis, entry_id: str, fields: dict[str, str], counted: bool) -> None:
         if counted and await self._deliveries(redis, entry_id) > self.max_deliveries:
@@ -149,8 +134,7 @@ class RedisQueueSource:
         if ended.state == "succeeded":
             await redis.xack(self.stream, self.group, entry_id)
         else:
-            error = f"{ended.error_type}: {ended.error_message}" if ended.error_type else ended.state
-            await self._dead_letter(redis, entry_id, fields, error, ended)
+            await self._dead_letter(redis, entry_id, fields, failure_of(ended), ended)
 
     async def _deliveries(self, redis: Redis, entry_id: str) -> int:
         pending: list[dict[str, Any]] = await redis.xpending_range(
