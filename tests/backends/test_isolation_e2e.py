@@ -177,7 +177,9 @@ def burner(payload):
         thread.join()
     return {"wall": time.monotonic() - started, "cpu": resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu_started}
 
-@tidal.function(name="forker", timeout=30)
+# Memory enough that the pids limit (512) is what stops it: each child dirties about 1 MiB of
+# copy-on-write pages, and 512 of them under the default 512 MiB limit made it an OOM race instead.
+@tidal.function(name="forker", timeout=30, memory=2048)
 def forker(payload):
     children = 0
     try:
