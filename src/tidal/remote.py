@@ -93,6 +93,7 @@ class GatewayError(RemoteError):
 
 ERROR_OF_KIND: dict[OutcomeKind, type[RemoteError]] = {
     OutcomeKind.FUNCTION_ERROR: FunctionError,
+    OutcomeKind.BAD_RESPONSE: FunctionError,
     OutcomeKind.BAD_INPUT: InvalidInput,
     OutcomeKind.INPUT_REJECTED: InvalidInput,
     OutcomeKind.TOO_LARGE: InvalidInput,
@@ -108,11 +109,12 @@ ERROR_OF_KIND: dict[OutcomeKind, type[RemoteError]] = {
     OutcomeKind.CANCELLED: Cancelled,
     OutcomeKind.INTERNAL: GatewayError,
 }
-# The class of an HTTP status, from the gateway's one table of statuses (500 is told apart by type).
+# The class of an HTTP status, from the gateway's one table of statuses (500 is told apart by type;
+# a 502 is the instance's, as the function's bad answers were before they had a kind of their own).
 ERROR_OF_STATUS: dict[int, type[RemoteError]] = {
     OUTCOMES[kind].http_status: error
     for kind, error in ERROR_OF_KIND.items()
-    if kind is not OutcomeKind.INTERNAL
+    if kind not in (OutcomeKind.INTERNAL, OutcomeKind.BAD_RESPONSE)
 }
 RETRIED_STATUSES = frozenset({429, 503})
 

@@ -96,12 +96,12 @@ def outcome_of_error(error: Error) -> Outcome:
     if kind is None:
         if error.caller_fault:
             kind = OutcomeKind.BAD_INPUT if error.type == "BadRequest" else OutcomeKind.INPUT_REJECTED
+        elif error.type in UNSENDABLE_ANSWERS:  # it answered, but not with something HTTP can carry
+            kind = OutcomeKind.BAD_RESPONSE
         else:
             kind = OutcomeKind.FUNCTION_ERROR
     outcome = Outcome.error(kind, error.message, error.type)
     outcome.errors = _json_or_empty(error.errors)  # a typed input's validation errors, for the caller
-    if kind is OutcomeKind.FUNCTION_ERROR and error.type in UNSENDABLE_ANSWERS:
-        outcome.status = 502  # the function answered, but not with something HTTP can carry
     return outcome
 
 

@@ -16,6 +16,7 @@ JSON = "application/json"
 class OutcomeKind(StrEnum):
     OK = "ok"
     FUNCTION_ERROR = "function_error"  # the function raised
+    BAD_RESPONSE = "bad_response"  # the function answered what HTTP cannot carry (too large, invalid)
     BAD_INPUT = "bad_input"  # the request cannot be handed over (malformed JSON)
     INPUT_REJECTED = "input_rejected"  # the function refused it: raise tidal.InputError(...)
     UNAUTHENTICATED = "unauthenticated"
@@ -41,6 +42,7 @@ class Meaning(NamedTuple):
 OUTCOMES: dict[OutcomeKind, Meaning] = {
     OutcomeKind.OK: Meaning(200, False, "ok"),
     OutcomeKind.FUNCTION_ERROR: Meaning(500, True, "error"),
+    OutcomeKind.BAD_RESPONSE: Meaning(502, True, "error"),
     OutcomeKind.BAD_INPUT: Meaning(400, False, "bad_input"),
     OutcomeKind.INPUT_REJECTED: Meaning(422, False, "bad_input"),
     OutcomeKind.UNAUTHENTICATED: Meaning(401, False, "denied"),
@@ -59,6 +61,7 @@ OUTCOMES: dict[OutcomeKind, Meaning] = {
 
 # The error type a client sees when the outcome has no more precise one (an exception's name).
 DEFAULT_ERROR_TYPE: dict[OutcomeKind, str] = {
+    OutcomeKind.BAD_RESPONSE: "BadResponse",
     OutcomeKind.BAD_INPUT: "BadRequest",
     OutcomeKind.INPUT_REJECTED: "InputError",
     OutcomeKind.UNAUTHENTICATED: "Unauthorized",
