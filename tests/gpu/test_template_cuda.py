@@ -49,7 +49,9 @@ def test_cuda_state_is_read_from_torch_only_when_imported(monkeypatch: pytest.Mo
 
 
 def test_real_cpu_torch_never_initialises_cuda() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip(
+        "torch", reason="the torch extra (make setup installs it) is needed to initialise CUDA state"
+    )
     torch.cuda.is_available()  # on a CPU build (or with the NVML check) this initialises nothing
     assert cuda_initialised() is False
 
