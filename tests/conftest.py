@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 # The real Redis / NATS that some tests need: found running or started, never skipped.
-from services import nats_url, rabbitmq_url, redis_url  # noqa: F401
+from services import nats_url, postgres_state_url, postgres_url, rabbitmq_url, redis_url  # noqa: F401
 from tidal.store import Activation, SQLiteStore
 
 VENV_BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""The real services some tests talk to (Redis, NATS, RabbitMQ): found running, or started here, never skipped.
+"""The real services some tests talk to (Redis, NATS, RabbitMQ, PostgreSQL): found running, or started here, never skipped.
 
 Each fixture checks the server answers; if not, it starts it (``redis-server --daemonize yes``,
 ``nats-server -js`` in the background) when the binary exists, else installs it with apt-get, and
@@ -12,11 +12,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-REDIS_PORT, NATS_PORT, RABBITMQ_PORT = 6379, 4222, 5672
+from tidal.store import SQLiteStore
+
+REDIS_PORT, NATS_PORT, RABBITMQ_PORT, POSTGRES_PORT = 6379, 4222, 5672, 5432
+# The machine's PostgreSQL: trust auth for 127.0.0.1, database `test` (each test makes its own schema).
+POSTGRES_URL = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/test"
 
 
 def answers(port: int, hello: bytes, expect: bytes, timeout: float = 1.0) -> bool:
@@ -75,3 +81,48 @@ def rabbitmq_url() -> Iterator[str]:
     _ensure("RabbitMQ", "rabbitmq-server", "rabbitmq-server", ["rabbitmq-server"],
             lambda: answers(RABBITMQ_PORT, b"AMQP\x00\x00\x09\x01", b"\x01\x00\x00", timeout=3.0))  # fmt: skip
     yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL on 127.0.0.1:5432 (started if missing) with trust auth and database `test`."""
+    import psycopg
+
+    # An SSLRequest: any PostgreSQL answers it with one byte, S or N.
+    _ensure("PostgreSQL", "pg_ctlcluster", "postgresql", ["service", "postgresql", "start"],
+            lambda: answers(POSTGRES_PORT, b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"N") or
+            answers(POSTGRES_PORT, b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"S"))  # fmt: skip
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=5).close()
+    except psycopg.Error as error:
+        pytest.fail(
+            f"PostgreSQL answers but {POSTGRES_URL} does not open (trust auth, database test?): {error}"
+        )
+    yield POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_state_url(postgres_url: str) -> Iterator[str]:
+    """A ``--state`` URL naming a schema of this test's own, dropped after it."""
+    import psycopg
+
+    schema = f"tidal_test_{uuid.uuid4().hex[:10]}"
+    yield f"{postgres_url}?schema={schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+STORE_KINDS = ("sqlite", "postgres")
+
+
+def open_test_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """The body of a ``store`` fixture with ``params=STORE_KINDS``: the store contract tests run on
+    SQLite and on PostgreSQL (PostgresStore is SQLiteStore's table groups on another connection)."""
+    if request.param == "postgres":
+        from tidal.store.postgres import PostgresStore
+
+        store: SQLiteStore = PostgresStore(request.getfixturevalue("postgres_state_url"))
+    else:
+        store = SQLiteStore(tmp_path / "tidal.db")
+    yield store
+    store.close()

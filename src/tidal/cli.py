@@ -118,6 +118,14 @@ def up(
             help="keep async jobs on Redis: redis://HOST:PORT/DB[?prefix=tidal:] (default: tidal.db)"
         ),
     ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIDAL_STATE",
+            help="keep functions, keys, jobs and records in PostgreSQL, shared by several gateways: "
+            "postgresql://USER@HOST:PORT/DB[?schema=NAME] (default: STATE_DIR/tidal.db)",
+        ),
+    ] = None,
     max_header_bytes: Annotated[
         int, typer.Option(min=1024, help="largest request line and headers, bytes (past it: 431)")
     ] = 64 * 1024,
@@ -137,6 +145,12 @@ def up(
         str | None,
         typer.Option(help="send OpenTelemetry traces over OTLP/HTTP (http://HOST:4318; the otel extra)"),
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="where instances run: local (processes on this host) or ray (a Ray cluster)")
+    ] = "local",
+    ray_address: Annotated[
+        str, typer.Option(help="with --backend ray: the cluster, auto (started on this host) or HOST:PORT")
+    ] = "auto",
     log_level: str = "info",
 ) -> None:
     """Run the gateway in the foreground (functions deployed earlier come back)."""
@@ -151,6 +165,8 @@ def up(
     for path in deploy or []:
         if not path.exists():
             fail(f"--deploy {path}: no such file or folder")
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend}: expected local or ray")
     try:
         template_idle_s = parse_duration(template_idle)
     except ValueError as exc:
@@ -179,20 +195,28 @@ def up(
                 buckets_dir=buckets_dir,
                 code_quota_bytes=code_quota_mb * 1024 * 1024,
                 queue_url=queue,
+                state_url=state,
                 metrics_public=metrics_public,
                 otel_endpoint=otel_endpoint,
                 prices=prices,
+                backend=backend,
+                ray_address=ray_address,
             )
         )
     except (StateDirBusy, StoreError) as exc:
         fail(str(exc))
-    except ValueError as exc:  # a --queue URL that names no Redis
+    except RuntimeError as exc:  # --backend ray: Ray missing, or no cluster there (RayUnavailable)
+        if type(exc).__name__ != "RayUnavailable":
+            raise
+        fail(str(exc))
+    except ValueError as exc:  # a --queue URL that names no Redis, a --state URL that names no PostgreSQL
         fail(str(exc))
     except RedisError as exc:
         fail(f"--queue {queue}: Redis does not answer ({exc})")
         raise AssertionError from None  # fail() exits
+    shared = "" if state is None else f", shared state: {getattr(gateway.platform.store, 'url', '')}"
     err.print(
-        f"tidal on http://{host}:{port}  (state: {state_dir}, admin key: {gateway.platform.admin_key_path})"
+        f"tidal on http://{host}:{port}  (state: {state_dir}{shared}, admin key: {gateway.platform.admin_key_path})"
     )
     isolation = gateway.platform.backend.describe_isolation()
     style = "bold red" if insecure_no_sandbox else "dim"
@@ -270,6 +294,12 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
         out.print(f"[red]starts are failing[/red]: the next try is in {instances['start_retry_in_s']} s")
     if instances.get("start_error"):
         out.print(f"[red]last start failed[/red]: {instances['start_error']}", highlight=False)
+    if instances.get("last_lost"):
+        out.print(f"[yellow]last instance lost[/yellow]: {instances['last_lost']}", highlight=False)
+    extras = [(item["id"], item.get("extra", {})) for item in instances["list"]]
+    placed = [f"{instance} on node {extra['node']}" for instance, extra in extras if "node" in extra]
+    if placed:  # the Ray backend: where each instance runs
+        out.print("instances: " + "; ".join(placed), highlight=False)
     rejected_last_hour = sum(minute["count"] for minute in info.get("rejections", []))
     if rejected_last_hour:
         out.print(f"[yellow]{rejected_last_hour} requests rejected (queue full) in the last hour[/yellow]")

@@ -183,6 +183,11 @@ def _keep_alive_policy(value: Any) -> Any:
     return describe(parse_policy(value))
 
 
+RESOURCE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+# Ray's built-in resources: each comes from a field of its own.
+RESERVED_RESOURCES = {"CPU": "cpu", "GPU": "gpu", "memory": "memory", "object_store_memory": "none"}
+
+
 class FunctionSpec(BaseModel):
     """Resources, limits and scaling of one function. Each field's ``description`` says its unit."""
 
@@ -205,6 +210,19 @@ class FunctionSpec(BaseModel):
         description="GPUs per instance: a count (1, 2 ... 16) or a share of one GPU (0.5, 0.25: 1/k);"
         " each instance sees only its own through `CUDA_VISIBLE_DEVICES`",
         json_schema_extra=REVISION,
+    )
+    accelerator_type: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="on the Ray backend: only nodes with this accelerator (`A100`, `H100`, `T4`:"
+        " Ray's `accelerator_type:NAME` resource); the local backend ignores it",
+        json_schema_extra={**REVISION, "default_text": "any"},
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="on the Ray backend: custom resources each instance reserves, `{edge = 1}`; it runs only"
+        " on nodes that offer them (`ray start --resources`); the local backend ignores them",
+        json_schema_extra={**REVISION, "default_text": "`{}`", "flag_metavar": "JSON"},
     )
     timeout: Duration = Field(
         60.0,
@@ -413,6 +431,18 @@ class FunctionSpec(BaseModel):
             except TriggerError as exc:
                 raise ValueError(f"triggers[{index}]: {exc}") from None
         return checked
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_are_custom(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not RESOURCE_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a resource name (letters, digits, `_ - . :`, at most 64)")
+            if name in RESERVED_RESOURCES:
+                raise ValueError(f"{name!r} is set by its own field ({RESERVED_RESOURCES[name]}), not here")
+            if not (0 < amount <= 1_000_000) or math.isnan(amount):
+                raise ValueError(f"{name}: the amount must be above 0 and at most 1000000, got {amount:g}")
+        return value
 
     @field_validator("env")
     @classmethod

@@ -1,6 +1,6 @@
 """The job store's contract: idempotency, claims under a lease, the fenced finish, cancel,
-redrive, callbacks and retention; each test runs on a real SQLite store and on a real Redis
-(`tidal up --queue redis://`, with the activations in SQLite as there)."""
+redrive, callbacks and retention; each test runs on a real SQLite store, on a real Redis
+(`tidal up --queue redis://`, with the activations in SQLite as there) and on a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from conftest import activation
+from services import open_test_store
 from tidal.auth.keys import Caller
 from tidal.invoke.request import InvocationRequest, RequestContext
 from tidal.jobs.model import DEFAULT_SETTINGS, invocation_of, new_job
@@ -34,8 +35,11 @@ class JobsOnRedis:
         return getattr(self.main, name)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "postgres":  # `tidal up --state postgresql://...`: jobs beside everything else
+        yield from open_test_store(request, tmp_path)
+        return
     main = SQLiteStore(tmp_path / "tidal.db")
     if request.param == "sqlite":
         yield main

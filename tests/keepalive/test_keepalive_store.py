@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import Iterator
+from pathlib import Path
 
+import msgspec
+import pytest
+
+from services import STORE_KINDS, open_test_store
 from tidal.keepalive.histogram import IdleHistogram
 from tidal.keepalive.keeper import KeptState
 from tidal.store.models import Revision, revision_digest
 from tidal.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
 
 
 def deployed(store: SQLiteStore, function: str) -> None:

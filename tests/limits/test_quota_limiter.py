@@ -4,11 +4,23 @@ GB-s added from activation records; on a virtual clock."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from conftest import activation
+from services import STORE_KINDS, open_test_store
 from tidal.auth.limits import KeyLimits, Quota, Rate
 from tidal.auth.quota import Limiter
 from tidal.store import SQLiteStore
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
+
 
 NOON = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC).timestamp()
 DAY_START = NOON - 12 * 3600

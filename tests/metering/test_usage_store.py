@@ -3,13 +3,24 @@ instance lives from start to stop (and those a killed gateway left open)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import msgspec
 import pytest
 
+from services import STORE_KINDS, open_test_store
 from tidal.metering.prices import PriceSheet
 from tidal.metering.usage import usage_report
 from tidal.store import Activation, SQLiteStore
 from tidal.store.models import InstanceLife
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
+
 
 DAY = 86_400.0
 T0 = 20_000 * DAY  # 2024-10-04 00:00 UTC

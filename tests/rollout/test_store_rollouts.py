@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from conftest import activation
+from services import STORE_KINDS, open_test_store
 from tidal.store import Revision, SQLiteStore, TrafficTarget, revision_digest
 from tidal.store.models import Rollout, RolloutDecision
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
 
 
 def deploy(store: SQLiteStore, code: str) -> Revision:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from services import STORE_KINDS, open_test_store
 from tidal.metering.retention import DAY_S, Retention, RetentionPolicy
 from tidal.store import SQLiteStore
 from tidal.store.models import Revision, ShadowConfig, ShadowResult
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
+
 
 NOW = 100 * DAY_S
 

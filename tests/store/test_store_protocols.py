@@ -1,4 +1,4 @@
-"""SQLiteStore implements the Store seam member by member (mypy checks it too, in open_store)."""
+"""SQLiteStore and PostgresStore implement the Store seam member by member (mypy checks it too, in open_store)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tidal.store import (
     Store,
     open_store,
 )
+from tidal.store.postgres import PostgresStore
 
 # Every concern Store is made of (a new one is checked without editing this list), and the first four by name.
 CONCERNS = tuple(base for base in Store.__bases__ if base is not Protocol)
@@ -34,12 +35,13 @@ def members(protocol: type) -> dict[str, inspect.Signature]:
     return found
 
 
+@pytest.mark.parametrize("implementation", [SQLiteStore, PostgresStore], ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("protocol", [*CONCERNS, Store], ids=lambda protocol: protocol.__name__)
-def test_sqlite_store_has_every_member_with_its_signature(protocol: type) -> None:
+def test_each_store_has_every_member_with_its_signature(protocol: type, implementation: type) -> None:
     for name, signature in members(protocol).items():
-        implementation = getattr(SQLiteStore, name, None)
-        assert implementation is not None, f"SQLiteStore lacks {protocol.__name__}.{name}"
-        assert inspect.signature(implementation) == signature, name
+        method = getattr(implementation, name, None)
+        assert method is not None, f"{implementation.__name__} lacks {protocol.__name__}.{name}"
+        assert inspect.signature(method) == signature, name
 
 
 def test_the_seam_covers_the_whole_public_store() -> None:
@@ -57,8 +59,18 @@ def test_the_concerns_do_not_overlap() -> None:
 
 
 def test_open_store_gives_a_working_store(tmp_path: Path) -> None:
-    store: Store = open_store(tmp_path / "tidal.db")
+    store: Store = open_store(None, tmp_path)
     try:
         assert store.functions() == [] and store.list_keys() == []
+        assert (tmp_path / "tidal.db").exists()
+    finally:
+        store.close()
+
+
+def test_open_store_opens_postgresql_by_url(postgres_state_url: str, tmp_path: Path) -> None:
+    store = open_store(postgres_state_url, tmp_path)
+    try:
+        assert isinstance(store, PostgresStore) and store.functions() == []
+        assert not (tmp_path / "tidal.db").exists()
     finally:
         store.close()

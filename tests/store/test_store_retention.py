@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import msgspec
+import pytest
 from store_helpers import connect, draft, user_version
 
 from conftest import activation
+from services import STORE_KINDS, open_test_store
 from tidal.store import SQLiteStore
 from tidal.store.migrations import MIGRATIONS, latest_version, migrate
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
 
 
 def starts(store: SQLiteStore, function: str = "echo") -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -11,7 +12,14 @@ import msgspec
 import pytest
 from store_helpers import draft
 
+from services import STORE_KINDS, open_test_store
 from tidal.store import Activation, KeyRecord, Revision, SQLiteStore, TrafficTarget
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
 
 
 def traffic(store: SQLiteStore, name: str = "echo") -> list[TrafficTarget]:
@@ -190,8 +198,7 @@ def test_delete_function_takes_revisions_and_traffic_with_it(store: SQLiteStore,
     assert not store.delete_function("echo")
     assert store.function("echo") is None and store.revisions("echo") == []
     assert store.revision("echo-00001") is None
-    with closing(sqlite3.connect(tmp_path / "tidal.db")) as connection:
-        rows = connection.execute("SELECT function, revision FROM traffic").fetchall()
+    rows = store._query("SELECT function, revision FROM traffic")
     assert rows == [("other", "other-00001")]
     assert [record.name for record in store.functions()] == ["other"]
 

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from services import STORE_KINDS, open_test_store
 from tidal.store import Revision, SQLiteStore
 from tidal.store.models import TriggerRecord
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    """This file's contract on SQLite and on PostgreSQL."""
+    yield from open_test_store(request, tmp_path)
+
 
 CRON = {"kind": "cron", "schedule": "* * * * *", "tz": "UTC", "catchup": 3600.0}
 

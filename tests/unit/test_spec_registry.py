@@ -27,6 +27,8 @@ SAMPLE: dict[str, Any] = {
     "memory": 1024,
     "cpu": 2.0,
     "gpu": 1,
+    "accelerator_type": "A100",
+    "resources": {"edge": 1},
     "timeout": "30s",
     "concurrency": 8,
     "min_instances": 1,

@@ -138,6 +138,12 @@ class KeyRing:
         self._known.clear()
         return revoked
 
+    def forget(self, key_id: str) -> None:
+        """Drop the cached lookups of ``key_id``: another gateway changed it (tidal.cluster.changes)."""
+        for key, (caller, _) in list(self._known.items()):
+            if caller.key_id == key_id:
+                self._known.pop(key, None)
+
     async def identify(self, authorization: str | None) -> Caller:
         """The caller an ``Authorization`` header names: a known key, an unknown one, or nobody."""
         key = bearer_token(authorization)

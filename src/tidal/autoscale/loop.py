@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tidal.autoscale.decider import DeciderState, KeepAliveWish, Sample, decide
 from tidal.router.pool import RevisionPool, ScalingEvent
@@ -25,6 +26,19 @@ log = logging.getLogger("tidal.autoscale")
 class PoolHistory:
     samples: deque[Sample] = field(default_factory=deque)
     state: DeciderState = field(default_factory=DeciderState)
+
+
+class FleetScaling(Protocol):
+    """Several gateways sharing one Ray fleet (tidal.cluster.fleet): the leader decides over the
+    summed demand; a follower's pools follow the fleet's registered instances."""
+
+    def demand(self, pool: RevisionPool, local: float) -> float:
+        """Note this gateway's sample; the value to decide on (the leader: the fleet's sum)."""
+        ...
+
+    def follows(self, pool: RevisionPool) -> int | None:
+        """The fleet's instance count to follow, or None to decide (the leader)."""
+        ...
 
 
 class Autoscaler:
@@ -41,6 +55,7 @@ class Autoscaler:
         self.keep_alive = keep_alive  # the function's keep-alive wish (tidal.keepalive.live), if any
         self._history: dict[str, PoolHistory] = {}
         self._poked = asyncio.Event()
+        self.fleet: FleetScaling | None = None  # set with --backend ray on a PostgreSQL store
 
     def poke(self) -> None:
         self._poked.set()
@@ -67,11 +82,19 @@ class Autoscaler:
 
     def _step_pool(self, pool: RevisionPool, now: float) -> None:
         history = self._history.setdefault(pool.revision.id, PoolHistory())
-        history.samples.append((now, pool.meter.take(now)))
+        value = pool.meter.take(now)
+        if self.fleet is not None:
+            value = self.fleet.demand(pool, value)
+        history.samples.append((now, value))
         while history.samples and history.samples[0][0] <= now - pool.spec.stable_window:
             history.samples.popleft()
         wish = self.keep_alive(pool)
         decision, history.state = decide(now, history.samples, pool.size, pool.spec, history.state, wish)
+        # A follower decides too (its history and state are ready the moment it leads) but follows.
+        following = self.fleet.follows(pool) if self.fleet is not None else None
+        if following is not None:
+            pool.scale_to(following, "the instances the leader gateway runs")  # its event, not ours
+            return
         pool.panic = decision.panic
         event = pool.scale_to(decision.desired, decision.reason)
         if event is not None:

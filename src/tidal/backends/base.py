@@ -54,6 +54,10 @@ class InstanceHandle:
 COLD_START_DETAIL = "cold_start_detail"
 
 
+# The ``extra`` key a backend sets on an instance whose host is gone ("node NODE lost" on Ray):
+# its connection may never drop by itself (a dead machine sends no reset), so the router closes it.
+LOST = "lost"
+
 # Called by the backend once an instance's process is gone, whatever the reason.
 ExitCallback = Callable[[InstanceHandle], Awaitable[None] | None]
 

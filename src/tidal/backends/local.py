@@ -51,6 +51,7 @@ from tidal.backends.cradles import Cradles
 from tidal.backends.gpu_placement import GpuUnavailable
 from tidal.backends.gpus import GpuHost
 from tidal.backends.isolation import Isolation, SandboxMode, choose_mode, instance_env
+from tidal.backends.listeners import address_of, listen
 from tidal.backends.spawn import spawn_module
 from tidal.backends.template_registry import Templates
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S, cold_start_detail
@@ -90,8 +91,13 @@ class LocalBackend:
         use_templates: bool = True,
         template_idle_s: float = DEFAULT_TEMPLATE_IDLE_S,
         sandbox: SandboxMode | None = None,
+        listen_host: str | None = None,
     ) -> None:
         self.python = python
+        # Instances listen on TCP at this address (port chosen by the kernel) instead of a Unix
+        # socket: the Ray backend's node hosts, whose instances the gateway reaches over the network.
+        self.listen_host = listen_host
+        self.several_gateways = False  # a Ray node host of several gateways (tidal.cluster.fleet)
         self.environments = Environments(state_dir, python)  # a revision's own requirements, or ours
         self.isolation = Isolation(state_dir, sandbox or choose_mode(False))
         sweep_stale()  # groups (and processes) left by a gateway that was killed
@@ -227,11 +233,13 @@ class LocalBackend:
             visible_gpus=visible_gpus,
             batch=BatchConfig(**spec.batch.model_dump()) if spec.batch is not None else None,
             max_models=spec.max_models,
+            several_gateways=self.several_gateways,
         )
+        listener = listen(socket_path, self.listen_host)
         handle = InstanceHandle(
             id=instance_id,
             revision=revision.id,
-            address=f"unix:{socket_path}",
+            address=address_of(listener, socket_path),
             capacity=Capacity(cpu=spec.cpu, memory_mb=spec.memory, gpu=spec.gpu),
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
@@ -239,12 +247,7 @@ class LocalBackend:
         if spec.gpu > 0 and visible_gpus is not None:
             handle.extra["gpus"] = visible_gpus  # CUDA_VISIBLE_DEVICES of the instance
         limits = Limits(spec.memory, spec.cpu)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
-            listener.bind(str(socket_path))
-            listener.listen(8)
             running = None
             if self.use_templates:
                 running = await self._fork(launch, config, listener, handle, socket_path, limits)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -99,9 +100,36 @@ class Deployer:
         self._lock = asyncio.Lock()  # deploys are rare; one at a time keeps numbering obvious
         self._code_lock = asyncio.Lock()  # unpacking a bundle vs removing unused code dirs
         self._deploying: Counter[str] = Counter()  # code digests of deploys under way
+        # Several gateways: the code goes to the shared store before its revision (tidal.cluster.code).
+        self.share_code: Callable[[Path, str], Awaitable[None]] | None = None
 
     def code_dir(self, revision: Revision) -> Path:
         return self.code_root / revision.code_digest
+
+    async def ensure_environment(self, revision: Revision, code_dir: Path) -> bool:
+        """Build the environment of a revision deployed through another gateway (tidal.cluster)
+        from its code, as that deploy did: the same requirements give the same key. False (and
+        the reason logged) if it cannot be built here."""
+        if not revision.environment or self.environments.path(revision.environment).exists():
+            return True
+        try:
+            names = sorted(
+                path.relative_to(code_dir).as_posix() for path in code_dir.rglob("*") if path.is_file()
+            )
+            from_config = _read_settings(code_dir).get("requirements")
+            requirements = declared(code_dir, names, from_config, revision.module.replace(".", "/") + ".py")
+            if requirements is None:
+                raise RequirementsError("its code declares no requirements")
+            async with self.builder.environment(requirements, code_dir, _no_progress) as key:
+                if key == revision.environment:
+                    return True
+                raise RequirementsError(f"its requirements give environment {key[:12]} here")
+        except (DeployError, RequirementsError, EnvironmentBuildError) as exc:
+            logging.getLogger("tidal.deploy").error(
+                "environment %s of %s cannot be built on this gateway: %s",
+                revision.environment[:12], revision.id, exc,
+            )  # fmt: skip
+            return False
 
     async def deploy(
         self, bundle: bytes | BinaryIO, options: DeployOptions, progress: Progress = _no_progress
@@ -116,6 +144,8 @@ class Deployer:
                 raise DeployError(str(exc)) from None
             self._deploying[code_digest] += 1
         try:
+            if self.share_code is not None:
+                await self.share_code(code_dir, code_digest)
             return await self._deploy_code(code_dir, code_digest, names, options, progress)
         finally:
             self._deploying[code_digest] -= 1

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from tidal.cluster import cluster_status
 from tidal.deploy.service import Deployed, DeployError, DeployOptions
 from tidal.gateway.key_limits import LimitFields, key_view
 from tidal.gateway.platform import Platform
@@ -93,7 +94,8 @@ def _route_or_404(platform: Platform, name: str) -> Route:
 DEPLOY_SPOOL_BYTES = 8 * 1024 * 1024  # a deploy body past this waits in a temporary file
 REJECTIONS_SHOWN_S = 3600.0  # `GET /v1/functions/NAME` shows the last hour of 429s, per minute
 INSTANCE_COUNTS = ("ready", "starting", "desired", "in_flight", "queued", "panic", "starts",
-                   "start_failures", "start_retry_in_s", "start_error", "lost", "recycled", "rejected")  # fmt: skip
+                   "start_failures", "start_retry_in_s", "start_error", "lost", "recycled", "rejected",
+                   "last_lost")  # fmt: skip
 
 
 async def describe_function(
@@ -397,7 +399,9 @@ async def list_templates(platform: Admin) -> dict[str, Any]:
 
 @router.get("/loops", summary="The gateway's background loops: running, restarts, last error")
 async def list_loops(platform: Admin) -> dict[str, Any]:
-    return {"loops": [vars(status) for status in platform.supervisor.status()]}
+    # `cluster`: this gateway's place among those sharing a PostgreSQL store (leader or not).
+    return {"loops": [vars(status) for status in platform.supervisor.status()],
+            "cluster": cluster_status(platform.cluster)}  # fmt: skip
 
 
 @router.get("/keys", summary="API keys (never the secrets)")

@@ -11,7 +11,7 @@ import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidal.auth.keys import KeyRing
 from tidal.auth.quota import Limiter
@@ -21,6 +21,7 @@ from tidal.backends.local import LocalBackend
 from tidal.backends.logsink import default_sink
 from tidal.backends.template_usage import DEFAULT_TEMPLATE_IDLE_S
 from tidal.buckets.folder import FolderBuckets
+from tidal.cluster import join_cluster
 from tidal.dashboard.history import DashboardState
 from tidal.deploy.bundle import bundle_path
 from tidal.deploy.service import Deployer, DeployOptions
@@ -31,6 +32,7 @@ from tidal.invoke.core import Invoker
 from tidal.jobs.dispatcher import attributed
 from tidal.jobs.service import JobService
 from tidal.keepalive.keeper import KeepAliveKeeper
+from tidal.metering.folding import JournalFolder, folder_store_location
 from tidal.metering.journal import ActivationJournal, replay
 from tidal.metering.lives import InstanceLives
 from tidal.metering.prices import PriceSheet
@@ -44,10 +46,13 @@ from tidal.routing.service import RouteService
 from tidal.shadow.compare import parse_comparator
 from tidal.shadow.mirror import Mirror
 from tidal.shadow.recorder import ShadowRecorder
+from tidal.store.open import open_store
 from tidal.store.protocols import JobStore, Store
 from tidal.store.redis_jobs import open_job_store
-from tidal.store.sqlite import SQLiteStore
 from tidal.triggers.service import TriggerHub, trigger_sources
+
+if TYPE_CHECKING:
+    from tidal.backends.ray_backend import RayBackend
 
 log = logging.getLogger("tidal.gateway")
 
@@ -73,6 +78,11 @@ class GatewayConfig:
     queue_url: str | None = None  # `--queue redis://...`: async jobs on Redis (default: in tidal.db)
     metrics_public: bool = False  # `--metrics-public`: GET /metrics without the admin key
     otel_endpoint: str | None = None  # `--otel-endpoint`: OTLP/HTTP traces (or OTEL_EXPORTER_OTLP_* vars)
+    backend: str = "local"  # `--backend ray`: instances on a Ray cluster's nodes (tidal.backends.ray_backend)
+    ray_address: str = "auto"  # `--ray-address`: the cluster to join (auto: the one started on this host)
+    state_url: str | None = (
+        None  # `--state postgresql://...`: the store several gateways share (default: tidal.db)
+    )
 
 
 class StateDirBusy(RuntimeError):
@@ -105,16 +115,26 @@ class Platform:
         state_dir = config.state_dir
         prepare_state_dir(state_dir)  # created, or fixed, 0711 with private files (state_dir.py)
         self._state_lock = hold_state_dir(state_dir)
-        self.store: Store = SQLiteStore(state_dir / "tidal.db")
+        # SQLite in the state dir, or PostgreSQL shared with other gateways (`--state`, tidal.store.open).
+        self.store: Store = open_store(config.state_url, state_dir)
         self._recover_metering(state_dir / "journal")
         self.keys = KeyRing(self.store)
         # Per-key rate limits and quotas: quota counts read back from the store (tidal.auth.quota).
         self.limiter = Limiter(self.store)
         self.limiter.load()
         self.admin_key_path = self.keys.ensure_admin_key_file(state_dir)
-        self.backend = LocalBackend(
-            state_dir, template_idle_s=config.template_idle_s, sandbox=choose_mode(config.insecure_no_sandbox)
-        )
+        self.backend: LocalBackend | RayBackend
+        if config.backend == "ray":  # RayUnavailable (not installed, no cluster) reaches `tidal up`
+            from tidal.backends.ray_backend import RayBackend
+
+            self.backend = RayBackend(state_dir, config.ray_address, config.template_idle_s,
+                                      choose_mode(config.insecure_no_sandbox))  # fmt: skip
+        else:
+            self.backend = LocalBackend(
+                state_dir,
+                template_idle_s=config.template_idle_s,
+                sandbox=choose_mode(config.insecure_no_sandbox),
+            )
         isolation = self.backend.describe_isolation()
         level = logging.WARNING if config.insecure_no_sandbox else logging.INFO
         log.log(level, "sandbox: %s; limits: %s", isolation["sandbox"], isolation["limits"])
@@ -129,9 +149,14 @@ class Platform:
             self.backend, on_demand=self.autoscaler.poke, lives=self.lives,
             queued_bodies=QueuedBodies(config.max_queued_body_bytes),
         )  # fmt: skip
+        self.backend.on_exit(self.router.instance_exited)  # a lost Ray node's connections are closed
         # Each record goes to the journal before its answer is sent (tidal.metering.journal).
         self.journal = ActivationJournal(state_dir / "journal")
-        self.recorder = ActivationRecorder(self.store, journal=self.journal)
+        # A process of its own stores the journal's segments: the event loop only journals.
+        self.folder = JournalFolder(
+            folder_store_location(config.state_url, state_dir), self.store.add_activations
+        )
+        self.recorder = ActivationRecorder(self.store, journal=self.journal, folder=self.folder)
         # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
         self.invoker = Invoker(
             self.router, attributed(self.limiter.observing(self.keep_alive.observing(self.recorder.record))),
@@ -145,6 +170,7 @@ class Platform:
             self.backend.isolation, config.code_quota_bytes,
         )  # fmt: skip
         self.supervisor = Supervisor()
+        self.supervisor.add("journal-folder", self.folder.run)  # stopped after the writer
         self.supervisor.add("activation-writer", self.recorder.run)
         self.supervisor.add("quota-writer", self.limiter.run)
         self.supervisor.add("instance-lives", self.lives.run)
@@ -184,6 +210,8 @@ class Platform:
         self.function_settings: dict[str, dict[str, object]] = {}  # function-level spec fields, as stored
         self._event_writes: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[Any]] = set()  # background work of admin calls (code removal)
+        # Several gateways on PostgreSQL: heartbeat, leader lease, changes heard (None on SQLite).
+        self.cluster = join_cluster(self)
         # Last, around the invoker as wired above: /metrics counts, traces (tidal.observability).
         self.observability = observe(self, config.metrics_public, config.otel_endpoint)
 
@@ -224,6 +252,10 @@ class Platform:
                 )
                 continue
             code_dir = self.deployer.code_dir(revision)
+            if not code_dir.exists() and self.cluster is not None:  # deployed through another gateway
+                await self.cluster.code.fetch(revision.code_digest, code_dir.parent)
+            if self.cluster is not None and code_dir.exists():  # and its requirements, built here too
+                await self.deployer.ensure_environment(revision, code_dir)
             if not code_dir.exists():
                 log.error("code of %s is missing from %s; not serving it", revision.id, code_dir)
                 continue
@@ -295,7 +327,8 @@ class Platform:
         """What a gateway killed without a stop left: journaled records not yet stored, and instance
         lives never closed (this process holds the state dir's lock, so those instances are gone)."""
         stored = replay(journal_dir, self.store.add_activations)
-        closed = self.store.close_open_lives()
+        # A shared store's open lives may be other gateways' running instances: only SQLite's are ours.
+        closed = self.store.close_open_lives() if self.config.state_url is None else 0
         if stored or closed:
             log.warning("metering: stored %d journaled activation(s), closed %d instance life(s) "
                         "left by a gateway that did not stop cleanly", stored, closed)  # fmt: skip

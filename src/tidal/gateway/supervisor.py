@@ -66,6 +66,14 @@ class Supervisor:
         if self._started:
             self._launch(loop)
 
+    def wrap(
+        self,
+        name: str,
+        wrapper: Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]],
+    ) -> None:
+        """Run loop ``name`` through ``wrapper`` from its next start (tidal.cluster: leader only)."""
+        self._loops[name].run = wrapper(self._loops[name].run)
+
     def start(self) -> None:
         self._started = True
         for loop in self._loops.values():

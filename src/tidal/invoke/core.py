@@ -240,7 +240,7 @@ class Invoker:
         def build(call_id: int) -> Invoke:
             return Invoke(call_id, activation.id, deadline, request.body, request.content_type, forwarded,
                           context.method, context.path, context.query, context.path_params,
-                          context.route_key)  # fmt: skip
+                          context.route_key, deadline - time.time())  # fmt: skip
 
         try:
             call = client.call(build)
@@ -295,9 +295,11 @@ class Invoker:
             except QueueFull as exc:
                 return Outcome.error(OutcomeKind.QUEUE_FULL, f"{request.function!r} is at capacity: {exc}")
             except StartFailed as exc:
-                return Outcome.error(
-                    OutcomeKind.SETUP_FAILED, f"the function could not start: {exc.message}", exc.error_type
+                # No node can hold it (Ray backend): the cluster lacks capacity, the code is not at fault.
+                kind = (
+                    OutcomeKind.UNAVAILABLE if exc.error_type == "Unplaceable" else OutcomeKind.SETUP_FAILED
                 )
+                return Outcome.error(kind, f"the function could not start: {exc.message}", exc.error_type)
             except TimeoutError:
                 return Outcome.error(OutcomeKind.TIMEOUT, "no instance had room before the function's timeout "
                                      f"of {pool.spec.timeout:g} s")  # fmt: skip

@@ -10,6 +10,11 @@ that is before the answer is sent; ``flush`` starts a new journal segment as it 
 deletes the finished segments once their batch is stored. The journal and the batch are changed
 in the same step of the event loop, so every record in a finished segment is in a batch taken with
 it or before it.
+
+With a folder (tidal.metering.folding), ``record`` only journals: the records are not kept in
+memory, and ``flush`` hands the finished segment to the folder process, which stores it, instead
+of inserting in a thread of the gateway (the store's insert is most of what a record costs). A
+record whose journal write failed is kept in memory and stored from here, as without a folder.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from tidal.metering.folding import JournalFolder
 from tidal.metering.journal import ActivationJournal
 from tidal.store.models import Activation
 from tidal.store.protocols import ActivationStore
@@ -63,18 +69,20 @@ class BatchedWriter(ABC, Generic[Item]):
 class ActivationRecorder(BatchedWriter[Activation]):
     def __init__(
         self, store: ActivationStore, interval_s: float = 0.2, batch_size: int = 500,
-        journal: ActivationJournal | None = None,
+        journal: ActivationJournal | None = None, folder: JournalFolder | None = None,
     ) -> None:  # fmt: skip
         super().__init__(interval_s, batch_size)
         self.store = store
         self.journal = journal
+        self.folder = folder if journal is not None else None  # folds the journal's segments
         self._finished_segments: list[Path] = []  # journal segments whose records await the store
         self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
 
     def record(self, activation: Activation) -> None:
-        if self.journal is not None:
-            self.journal.append(activation)
-        self._append(activation)
+        if self.journal is None:
+            self._append(activation)
+        elif not self.journal.append(activation) or self.folder is None:
+            self._append(activation)  # not journaled (disk full), or stored from here
 
     def reject(self, function: str, at: float) -> None:
         """Count one 429 of ``function`` at ``at`` (epoch s) in its minute: 125.0 -> minute 120."""
@@ -82,11 +90,18 @@ class ActivationRecorder(BatchedWriter[Activation]):
 
     async def flush(self) -> None:
         await self._flush_rejections()
+        if self.folder is not None and self.journal is not None:
+            # Returns once every segment finished so far is stored (or kept for the next flush).
+            await self.folder.fold(self.journal.rotate())
+            if self._pending:
+                await self._store_pending([])
+            return
         if not self._pending:
             return
-        segment = self.journal.rotate() if self.journal is not None else None
-        if segment is not None:
-            self._finished_segments.append(segment)
+        await self._store_pending(self.journal.rotate() if self.journal is not None else [])
+
+    async def _store_pending(self, finished: list[Path]) -> None:
+        self._finished_segments.extend(finished)
         batch, self._pending = self._pending, []
         try:
             await asyncio.to_thread(self.store.add_activations, batch)

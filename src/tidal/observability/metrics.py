@@ -234,8 +234,8 @@ class MetricsEndpoint:
         self.platform = platform
         self.stats = stats
         self.public = public
-        # Jobs kept in tidal.db are counted; on Redis (`--queue`) they are not (yet).
-        in_sqlite = platform.job_store is platform.store
+        # Jobs kept in tidal.db are counted; on Redis (`--queue`) or PostgreSQL (`--state`) not (yet).
+        in_sqlite = platform.job_store is platform.store and platform.config.state_url is None
         self.jobs = JobReader(platform.config.state_dir / "tidal.db") if in_sqlite else None
         self.collector: GatewayCollector | None = None
         self.registry: Any = None

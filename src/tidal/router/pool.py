@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tidal.backends.base import COLD_START_DETAIL, Backend, InstanceHandle, InstanceSpec
+from tidal.backends.base import COLD_START_DETAIL, LOST, Backend, InstanceHandle, InstanceSpec
 from tidal.invoke.request import NO_CONTEXT, RequestContext
 from tidal.retry import backoff_s
 from tidal.router.connection import InstanceClient, StartFailed
@@ -116,6 +116,7 @@ class PoolCounters:
     lost: int = 0
     recycled: int = 0
     rejected: int = 0
+    last_lost: str = ""  # the latest instance lost and why: "ID: node NODE lost" (tidal status)
 
 
 class RevisionPool:
@@ -342,7 +343,9 @@ class RevisionPool:
         if client in self.ready:
             self.ready.remove(client)
             self.counters.lost += 1
-            log.warning("instance %s was lost; replacing it", client.id)
+            why = client.handle.extra.get(LOST) or "its connection closed"
+            self.counters.last_lost = f"{client.id}: {why}"
+            log.warning("instance %s was lost (%s); replacing it", client.id, why)
         self._start_successor(f"replacing lost instance {client.id}")
 
     def _start_successor(self, reason: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidal.backends.base import Backend, InstanceSpec
+from tidal.backends.base import LOST, Backend, InstanceHandle, InstanceSpec
 from tidal.invoke.request import RequestContext
 from tidal.router.multiplex import choose_for_model
 from tidal.router.pool import LifeLog, QueuedBodies, RevisionPool, least_loaded
@@ -149,6 +149,8 @@ class Router:
         self._pools: dict[str, RevisionPool] = {}  # revision id -> pool, for every serving revision
         self._background: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()  # pools draining, then released
+        # Several gateways, local backend: this gateway's share of min/max instances (tidal.cluster).
+        self.share_bounds: Callable[[FunctionSpec], FunctionSpec] = lambda spec: spec
 
     def pools(self) -> list[RevisionPool]:
         """The pools of serving revisions (retiring ones drain on their own)."""
@@ -156,6 +158,17 @@ class Router:
 
     def route(self, function: str) -> Route | None:
         return self.routes.get(function)
+
+    def instance_exited(self, handle: InstanceHandle) -> None:
+        """A backend's exit callback: an instance whose host was lost (``extra["lost"]``) may keep
+        an open connection that nothing answers; closing it fails its calls now (instance lost)
+        and makes its pool start a replacement."""
+        if not handle.extra.get(LOST):
+            return  # its process exited: its connection dropped by itself
+        for pool in self.pools():
+            for client in list(pool.ready):  # a draining one gives up at its grace's end
+                if client.id == handle.id:
+                    client.close()
 
     def pick(self, route: Route, context: RequestContext) -> Target | None:
         if len(route.targets) == 1 and context.revision is None:
@@ -214,7 +227,8 @@ class Router:
             )  # fmt: skip
             self._pools[item.revision.id] = pool
             self._in_background(self.backend.prepare(launch))  # warm template: cold starts fork
-            pool.scale_to(spec.min_instances, "min_instances")
+            pool.spec = self.share_bounds(spec)
+            pool.scale_to(pool.spec.min_instances, "min_instances")
         return pool
 
     def remove(self, function: str) -> bool:

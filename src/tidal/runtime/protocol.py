@@ -46,6 +46,9 @@ class Invoke(Frame, tag="invoke", frozen=True):
     # A request that came by an HTTP route (tidal.routing): its parameters and `GET /items/{id}`.
     path_params: dict[str, str] = {}
     route_key: str = ""
+    # Seconds left when the router sent it (0: unknown). The instance takes its deadline from this
+    # and its own clock, so a node whose clock differs from the gateway's (Ray) times calls right.
+    remaining_s: float = 0.0
 
 
 class Cancel(Frame, tag="cancel", frozen=True):

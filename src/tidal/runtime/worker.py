@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import ctypes
 import dataclasses
+import functools
 import os
 import resource
 import signal
@@ -75,6 +76,8 @@ class InstanceConfig(msgspec.Struct, frozen=True):
     batch: BatchConfig | None = None
     # The spec's max_models: an LRU of models loaded by the class's load_model (tidal.runtime.models).
     max_models: int = 0
+    # On a Ray node of several gateways (tidal.cluster.fleet): accept one connection per gateway.
+    several_gateways: bool = False
 
 
 def multiplexed(config: InstanceConfig, target: Target) -> ModelCache | None:
@@ -135,6 +138,8 @@ class Worker:
 
     def receive(self, message: Message) -> None:
         if isinstance(message, Invoke):
+            if message.remaining_s > 0:  # the deadline on this host's clock
+                message = msgspec.structs.replace(message, deadline=time.time() + message.remaining_s)
             stop = threading.Event()
             task = self.loop.create_task(self.invoke(message, stop))
             self.running[message.id] = (task, stop)
@@ -385,12 +390,14 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
     an instance never outlives the gateway's interest in it, whoever its parent process is.
     """
     loop = asyncio.get_running_loop()
+    several = config.several_gateways and listener.family != socket.AF_UNIX  # one per gateway
     try:
         connection, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
     except TimeoutError:
         print(f"tidal: no gateway connected within {ACCEPT_TIMEOUT_S:g} s; exiting", file=sys.stderr)
+        listener.close()
         return
-    finally:
+    if not several:
         listener.close()
     try:
         if preloaded is not None:  # forked from a template that already imported and set it up
@@ -410,11 +417,44 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
         connection.setblocking(True)
         connection.sendall(encode(SetupFailed(type(exc).__name__, str(exc) or repr(exc))))
         connection.close()
+        listener.close()
         return
     worker = Worker(config, target, models)
     await loop.connect_accepted_socket(lambda: Connection(worker), connection)
     worker.send(Ready(os.getpid(), setup_ms, import_ms))
+    if several:
+        await serve_gateways(worker, listener)
+        return
     await worker.closed  # the gateway closed the connection: this instance is done
+
+
+async def serve_gateways(first: Worker, listener: socket.socket) -> None:
+    """TCP mode: every gateway of a shared store connects to the instance on its own connection.
+
+    Each connection has its own calls (request ids are per connection), but all share the
+    instance's ``concurrency`` slots and call threads: a call beyond them waits here, in the
+    instance, whichever gateway sent it. The instance ends when its last connection closes.
+    """
+    loop = asyncio.get_running_loop()
+    live = {first}
+
+    async def accept() -> None:
+        while True:
+            connection, _ = await loop.sock_accept(listener)
+            worker = Worker(first.config, first.target, first.models)
+            worker.slots, worker.threads = first.slots, first.threads
+            live.add(worker)
+            await loop.connect_accepted_socket(functools.partial(Connection, worker), connection)
+            worker.send(Ready(os.getpid(), 0.0, 0.0))
+
+    acceptor = loop.create_task(accept())
+    try:
+        while live:
+            await asyncio.wait([worker.closed for worker in live], return_when=asyncio.FIRST_COMPLETED)
+            live = {worker for worker in live if not worker.closed.done()}
+    finally:
+        acceptor.cancel()
+        listener.close()
 
 
 def run(config: InstanceConfig, listener: socket.socket, preloaded: Target | None = None) -> NoReturn:

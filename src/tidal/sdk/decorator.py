@@ -47,6 +47,8 @@ SPEC_FIELDS: tuple[str, ...] = (
     "memory",
     "cpu",
     "gpu",
+    "accelerator_type",
+    "resources",
     "timeout",
     "concurrency",
     "min_instances",

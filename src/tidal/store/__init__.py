@@ -1,12 +1,12 @@
 """State: functions (revisions, settings, traffic), keys, activations, scaling events.
 
 ``protocols.py`` is the seam (one Protocol per concern, ``Store`` for all), ``models.py`` the
-records, ``sqlite.py`` the default implementation, ``migrations.py`` its numbered schema steps.
+records, ``sqlite.py`` the default implementation, ``migrations.py`` its numbered schema steps;
+``postgres.py`` the same table groups on PostgreSQL (``postgres_migrations.py``), and
+``open.py`` picks one from ``tidal up --state``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from tidal.store.errors import StoreError
 from tidal.store.models import (
@@ -18,17 +18,9 @@ from tidal.store.models import (
     check_traffic,
     revision_digest,
 )
+from tidal.store.open import open_store
 from tidal.store.protocols import ActivationStore, FunctionStore, KeyStore, ScalingEventStore, Store
 from tidal.store.sqlite import SQLiteStore
-
-
-def open_store(path: Path) -> Store:
-    """The default store, SQLite at ``path`` (``<state-dir>/tidal.db``), migrated to this release.
-
-    Typed as ``Store`` on purpose: mypy then checks that SQLiteStore implements the whole seam.
-    """
-    return SQLiteStore(path)
-
 
 __all__ = [
     "Activation",

@@ -1,0 +1,121 @@
+"""The journal folder: a process of its own stores the journal's segments; ``flush`` returns once
+what was recorded before it is stored; a folder killed with SIGKILL loses nothing and is started
+again; a store that refuses a segment leaves it for the next flush."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from tidal.metering import folder as folder_process
+from tidal.metering.folding import FolderExited, JournalFolder
+from tidal.metering.journal import ActivationJournal, segments
+from tidal.metering.recorder import ActivationRecorder
+from tidal.store import Activation, SQLiteStore
+
+
+def record(number: int) -> Activation:
+    return Activation(
+        id=f"f{number:05d}", function="echo", revision="echo-00001", instance="i1", start=1000.0 + number,
+        duration_ms=1.5, billed_ms=2, memory_mb=128, cold=False, status="ok", http_status=200,
+        key_id="k1", model="m",
+    )  # fmt: skip
+
+
+async def test_the_folder_process_stores_segments_and_a_killed_one_loses_nothing(tmp_path: Path) -> None:
+    database = tmp_path / "tidal.db"
+    store = SQLiteStore(database)
+    journal = ActivationJournal(tmp_path / "journal")
+    folder = JournalFolder(str(database), store.add_activations)
+    recorder = ActivationRecorder(store, journal=journal, folder=folder)
+    running = asyncio.create_task(folder.run())
+    try:
+        for number in range(100):
+            recorder.record(record(number))
+        assert recorder._pending == []  # journaled only: nothing kept in the gateway's memory
+        await recorder.flush()  # before the folder is up, or through it: either way, stored
+        while not folder.running:
+            await asyncio.sleep(0.01)
+        for number in range(100, 200):
+            recorder.record(record(number))
+        await recorder.flush()
+        assert len(store.activations("echo", limit=1000)) == 200
+        assert store.activation("f00150") == record(150)  # every field, as recorded
+        assert segments(tmp_path / "journal") == []
+
+        assert folder._process is not None
+        os.kill(folder._process.pid, signal.SIGKILL)
+        for number in range(200, 300):
+            recorder.record(record(number))
+        with pytest.raises(FolderExited):  # the supervisor starts it again
+            await running
+        await recorder.flush()  # no folder: folded here
+        assert len(store.activations("echo", limit=1000)) == 300
+
+        running = asyncio.create_task(folder.run())
+        while not folder.running:
+            await asyncio.sleep(0.01)
+        recorder.record(record(300))
+        await recorder.flush()
+        assert store.activation("f00300") == record(300)
+    finally:
+        running.cancel()
+        with pytest.raises((asyncio.CancelledError, FolderExited)):
+            await running
+    assert not folder.running
+    journal.close()
+    store.close()
+
+
+class RefusingStore:
+    def __init__(self) -> None:
+        self.refuse = True
+        self.stored: list[Activation] = []
+
+    def add_activations(self, activations: Iterable[Activation]) -> None:
+        if self.refuse:
+            raise OSError("database is locked")
+        self.stored.extend(activations)
+
+
+def test_a_refused_segment_is_answered_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = ActivationJournal(tmp_path / "journal")
+    journal.append(record(1))
+    (path,) = journal.rotate()
+    store = RefusingStore()
+    monkeypatch.setenv(folder_process.STORE_ENV, str(tmp_path / "unused.db"))
+    monkeypatch.setattr(folder_process, "open_folder_store", lambda location: store)
+    answers = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", answers)
+    folder_process.serve([f"{path}\n"])
+    assert answers.getvalue() == f"! {path} OSError: database is locked\n"
+    assert path.exists()  # kept: the gateway sends it again with its next flush
+    store.refuse = False
+    answers.truncate(0)
+    answers.seek(0)
+    folder_process.serve([f"{path}\n", f"{path}\n"])  # twice: the second finds it stored already
+    assert answers.getvalue() == f"+ {path}\n+ {path}\n"
+    assert [item.id for item in store.stored] == ["f00001"]
+    assert not path.exists()
+
+
+async def test_a_segment_the_disk_cannot_hold_leaves_records_in_memory(tmp_path: Path) -> None:
+    database = tmp_path / "tidal.db"
+    store = SQLiteStore(database)
+    journal = ActivationJournal(tmp_path / "journal", segment_bytes=1 << 60)  # no disk holds it
+    recorder = ActivationRecorder(
+        store, journal=journal, folder=JournalFolder(str(database), store.add_activations)
+    )
+    recorder.record(record(1))  # preallocation fails: kept in memory, stored by the gateway
+    assert segments(tmp_path / "journal") == []
+    await recorder.flush()
+    assert store.activation("f00001") == record(1)
+    journal.close()
+    store.close()
