@@ -11,11 +11,10 @@ import sys
 import time
 from types import FrameType
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 import ray
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
 
 MAX_LIFETIME_S = 3600.0  # never outlive a forgotten benchmark by more than an hour
 

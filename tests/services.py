@@ -104,6 +104,11 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_state_url(postgres_url: str) -> Iterator[str]:
     """A ``--state`` URL naming a schema of this test's own, dropped after it."""
+    yield from schema_of_its_own(postgres_url)
+
+
+def schema_of_its_own(postgres_url: str) -> Iterator[str]:
+    """A ``--state`` URL naming a fresh schema, dropped when the generator ends (fixtures of any scope)."""
     import psycopg
 
     schema = f"tidal_test_{uuid.uuid4().hex[:10]}"

@@ -5,10 +5,8 @@ jobs spread over both run exactly once, and a kill -9 of the leader hands the le
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +16,8 @@ import pytest
 
 from conftest import TidalServer, wait_for
 from environments.wheels import make_wheel
+from gateway_pair import two_gateways
+from services import schema_of_its_own
 from tidal.store.postgres_sql import parse_state_url
 
 ECHO = """
@@ -48,31 +48,16 @@ def count(payload):
 @pytest.fixture(scope="module")
 def state_url(postgres_url: str) -> Iterator[str]:
     """A schema of this file's own, dropped after it (the tests share two gateways: starts are slow)."""
-    schema = f"tidal_test_{uuid.uuid4().hex[:10]}"
-    yield f"{postgres_url}?schema={schema}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    yield from schema_of_its_own(postgres_url)
 
 
 @pytest.fixture(scope="module")
 def gateways(
     state_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TidalServer, TidalServer]]:
-    """Two gateways on one schema; the second reuses the first's admin key file. The kill test
-    comes last: it leaves one."""
-    tmp_path = tmp_path_factory.mktemp("gateways")
-    first = TidalServer(tmp_path / "g1" / "state")
-    second = TidalServer(tmp_path / "g2" / "state")
-    second.state_dir.mkdir(parents=True)
-    first.state_dir.parent.mkdir()
-    try:
-        first.start("--state", state_url)
-        shutil.copy(first.state_dir / "admin.key", second.state_dir / "admin.key")
-        second.start("--state", state_url)
-        yield first, second
-    finally:
-        first.stop()
-        second.stop()
+    """Two gateways on one schema. The kill test comes last: it leaves one."""
+    with two_gateways(tmp_path_factory.mktemp("gateways"), "--state", state_url) as pair:
+        yield pair
 
 
 def invoke(server: TidalServer, name: str, payload: object, key: str | None = None) -> httpx.Response:

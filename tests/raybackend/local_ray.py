@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,3 +133,23 @@ class LocalRayCluster:
         for node in reversed(list(self.nodes.values())):
             node.stop()
         shutil.rmtree(self.nodes_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cluster(
+    root: Path, head_resources: dict[str, float], worker_resources: dict[str, float]
+) -> Iterator[LocalRayCluster]:
+    """A started cluster, with RAY_AUTH_MODE/RAY_AUTH_TOKEN set for the `tidal up`s started meanwhile
+    (restored after), stopped at the end."""
+    cluster = LocalRayCluster(root).start(head_resources, worker_resources)  # raises with the nodes' logs
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)
+    try:
+        yield cluster
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        cluster.stop()

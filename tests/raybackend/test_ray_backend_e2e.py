@@ -11,7 +11,6 @@ The node-loss test is last: it kills the worker node.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ sys.path[:0] = [
     str(HERE.parent / "jobs"),
 ]
 
-from local_ray import LocalRayCluster  # noqa: E402
+from local_ray import LocalRayCluster, running_cluster  # noqa: E402
 from test_jobs_e2e import test_an_async_call_is_queued_answered_202_and_succeeds as test_ray_async_job  # noqa: E402
 from test_scaling_e2e import test_scales_to_zero_and_back as test_ray_scales_to_zero_and_back  # noqa: E402
 from test_traffic import test_split_tags_and_no_traffic_deploys as test_ray_traffic_split  # noqa: E402
@@ -52,17 +51,10 @@ def answer(payload):
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
-    cluster = LocalRayCluster(tmp_path_factory.mktemp("ray"))
-    cluster.start({"head_node": 1, "pool": 1}, {"edge": 1, "pool": 1})  # raises with the nodes' logs
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)  # `tidal up` joins with these
-    yield cluster
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    cluster.stop()
+    with running_cluster(
+        tmp_path_factory.mktemp("ray"), {"head_node": 1, "pool": 1}, {"edge": 1, "pool": 1}
+    ) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,9 @@ both; a kill -9 of the leader leaves the instances serving, and the other gatewa
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +21,10 @@ from conftest import TidalServer, wait_for
 from tidal.store.postgres_sql import parse_state_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_ray import LocalRayCluster
+from local_ray import LocalRayCluster, running_cluster
+
+from gateway_pair import two_gateways
+from services import schema_of_its_own
 
 SHARED = """
 import os
@@ -41,25 +42,13 @@ def answer(payload):
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
-    cluster = LocalRayCluster(tmp_path_factory.mktemp("ray-gateways"))
-    cluster.start({}, {})  # raises with the nodes' logs
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)  # `tidal up` joins with these
-    yield cluster
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    cluster.stop()
+    with running_cluster(tmp_path_factory.mktemp("ray-gateways"), {}, {}) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
 def state_url(postgres_url: str) -> Iterator[str]:
-    schema = f"tidal_test_{uuid.uuid4().hex[:10]}"
-    yield f"{postgres_url}?schema={schema}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    yield from schema_of_its_own(postgres_url)
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +56,15 @@ def gateways(
     ray_cluster: LocalRayCluster, state_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TidalServer, TidalServer]]:
     """The first gateway starts first (and leads); the kill test comes last: it leaves one."""
-    tmp_path = tmp_path_factory.mktemp("ray-gateways-state")
-    first, second = TidalServer(tmp_path / "g1" / "state"), TidalServer(tmp_path / "g2" / "state")
-    second.state_dir.mkdir(parents=True)
-    first.state_dir.parent.mkdir()
     args = ("--state", state_url, "--backend", "ray", "--ray-address", ray_cluster.address)
-    try:
-        first.start(*args, wait_s=120)
+
+    def leads(first: TidalServer) -> None:
         wait_for(lambda: cluster(first)["leader"] is True, 10, "the first gateway leads")
-        shutil.copy(first.state_dir / "admin.key", second.state_dir / "admin.key")
-        second.start(*args, wait_s=120)
-        yield first, second
-    finally:
-        first.stop()
-        second.stop()
+
+    with two_gateways(
+        tmp_path_factory.mktemp("ray-gateways-state"), *args, wait_s=120, first_ready=leads
+    ) as pair:
+        yield pair
 
 
 def cluster(server: TidalServer) -> dict[str, object]:

@@ -155,9 +155,9 @@ class RayBackend:
         return host
 
     def _make_host(self, node: str) -> _Host:
+        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        import ray
         from tidal.backends.ray_node import NodeHost
 
         actor_class: Any = ray.remote(NodeHost)
@@ -309,9 +309,8 @@ class RayBackend:
     async def adopt(self) -> list[InstanceHandle]:
         """A new leader: find the named node hosts of the live nodes and take over their running
         instances (their placement groups, their exits); every instance running, adopted or not."""
-        from ray.util import get_placement_group
-
         import ray
+        from ray.util import get_placement_group
 
         assert self.shared_namespace is not None
         nodes = await asyncio.to_thread(lambda: [n["NodeID"] for n in ray.nodes() if n.get("Alive")])
