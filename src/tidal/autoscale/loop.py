@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tidal.autoscale.decider import DeciderState, KeepAliveWish, Sample, decide
+from tidal.autoscale.decider import DeciderState, KeepAliveWish, Sample, decide, delayed_scale_down
 from tidal.router.pool import RevisionPool, ScalingEvent
 
 log = logging.getLogger("tidal.autoscale")
@@ -93,6 +93,9 @@ class Autoscaler:
         # A follower decides too (its history and state are ready the moment it leads) but follows.
         following = self.fleet.follows(pool) if self.fleet is not None else None
         if following is not None:
+            # The leader's count is the fleet's wish: remembered as this gateway's, so that after a
+            # takeover scale_down_delay still counts from the leader's last wish, not from ours.
+            _, history.state = delayed_scale_down(now, following, pool.spec, history.state)
             pool.scale_to(following, "the instances the leader gateway runs")  # its event, not ours
             return
         pool.panic = decision.panic

@@ -58,6 +58,10 @@ COLD_START_DETAIL = "cold_start_detail"
 # its connection may never drop by itself (a dead machine sends no reset), so the router closes it.
 LOST = "lost"
 
+# The ``extra`` key holding a TCP instance's connect token: the router sends it first on each
+# connection, and the instance serves no connection that does not (tidal.runtime.gateway_auth).
+CONNECT_TOKEN = "connect_token"
+
 # Called by the backend once an instance's process is gone, whatever the reason.
 ExitCallback = Callable[[InstanceHandle], Awaitable[None] | None]
 

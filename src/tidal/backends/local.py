@@ -45,7 +45,14 @@ from typing import Any
 
 import msgspec
 
-from tidal.backends.base import COLD_START_DETAIL, Capacity, ExitCallback, InstanceHandle, InstanceSpec
+from tidal.backends.base import (
+    COLD_START_DETAIL,
+    CONNECT_TOKEN,
+    Capacity,
+    ExitCallback,
+    InstanceHandle,
+    InstanceSpec,
+)
 from tidal.backends.cgroups import Cgroups, Group, Limits, sweep_stale
 from tidal.backends.cradles import Cradles
 from tidal.backends.gpu_placement import GpuUnavailable
@@ -234,6 +241,8 @@ class LocalBackend:
             batch=BatchConfig(**spec.batch.model_dump()) if spec.batch is not None else None,
             max_models=spec.max_models,
             several_gateways=self.several_gateways,
+            # A TCP port is open to every process of the node: only the gateway may know this.
+            connect_token=secrets.token_hex(16) if self.listen_host is not None else "",
         )
         listener = listen(socket_path, self.listen_host)
         handle = InstanceHandle(
@@ -244,6 +253,8 @@ class LocalBackend:
             started_at=time.time(),
             log_path=str(self.log_dir / f"{instance_id}.log"),
         )
+        if config.connect_token:
+            handle.extra[CONNECT_TOKEN] = config.connect_token
         if spec.gpu > 0 and visible_gpus is not None:
             handle.extra["gpus"] = visible_gpus  # CUDA_VISIBLE_DEVICES of the instance
         limits = Limits(spec.memory, spec.cpu)

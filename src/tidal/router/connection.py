@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from tidal.backends.base import InstanceHandle
+from tidal.backends.base import CONNECT_TOKEN, InstanceHandle
 from tidal.runtime.protocol import (
     CallStats,
     Cancel,
@@ -128,7 +128,10 @@ class InstanceClient(asyncio.Protocol):
             _, client = await loop.create_unix_connection(lambda: cls(handle, on_lost), where)
         elif kind == "tcp":
             host, _, port = where.rpartition(":")
-            _, client = await loop.create_connection(lambda: cls(handle, on_lost), host, int(port))
+            transport, client = await loop.create_connection(lambda: cls(handle, on_lost), host, int(port))
+            token = handle.extra.get(CONNECT_TOKEN)
+            if token:  # first, before anything else: the instance serves no connection without it
+                transport.write(token.encode())
         else:
             raise ValueError(f"unsupported instance address {handle.address!r}")
         return client

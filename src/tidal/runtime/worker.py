@@ -10,6 +10,7 @@ connection) and receives Ready when setup is done, so no one polls for readiness
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ctypes
 import dataclasses
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -31,6 +32,7 @@ import msgspec
 
 from tidal.runtime import capture, codec, sandbox
 from tidal.runtime.batching import BATCH_SIZE_HEADER, BatchConfig, Batcher
+from tidal.runtime.gateway_auth import gateway_connections
 from tidal.runtime.loader import Target, build_target, import_entry
 from tidal.runtime.models import MODEL_HEADER, ModelCache, check_model_id
 from tidal.runtime.protocol import (
@@ -78,6 +80,9 @@ class InstanceConfig(msgspec.Struct, frozen=True):
     max_models: int = 0
     # On a Ray node of several gateways (tidal.cluster.fleet): accept one connection per gateway.
     several_gateways: bool = False
+    # TCP instances: the secret a gateway sends first on each connection (tidal.runtime.gateway_auth);
+    # "" on a Unix socket, whose directory only the gateway can reach.
+    connect_token: str = ""
 
 
 def multiplexed(config: InstanceConfig, target: Target) -> ModelCache | None:
@@ -391,13 +396,16 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
     """
     loop = asyncio.get_running_loop()
     several = config.several_gateways and listener.family != socket.AF_UNIX  # one per gateway
+    connections = gateway_connections(listener, config.connect_token)
     try:
-        connection, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
+        connection = await asyncio.wait_for(anext(connections), ACCEPT_TIMEOUT_S)
     except TimeoutError:
         print(f"tidal: no gateway connected within {ACCEPT_TIMEOUT_S:g} s; exiting", file=sys.stderr)
+        await connections.aclose()
         listener.close()
         return
     if not several:
+        await connections.aclose()
         listener.close()
     try:
         if preloaded is not None:  # forked from a template that already imported and set it up
@@ -417,18 +425,21 @@ async def serve(config: InstanceConfig, listener: socket.socket, preloaded: Targ
         connection.setblocking(True)
         connection.sendall(encode(SetupFailed(type(exc).__name__, str(exc) or repr(exc))))
         connection.close()
+        await connections.aclose()
         listener.close()
         return
     worker = Worker(config, target, models)
     await loop.connect_accepted_socket(lambda: Connection(worker), connection)
     worker.send(Ready(os.getpid(), setup_ms, import_ms))
     if several:
-        await serve_gateways(worker, listener)
+        await serve_gateways(worker, listener, connections)
         return
     await worker.closed  # the gateway closed the connection: this instance is done
 
 
-async def serve_gateways(first: Worker, listener: socket.socket) -> None:
+async def serve_gateways(
+    first: Worker, listener: socket.socket, connections: AsyncGenerator[socket.socket, None]
+) -> None:
     """TCP mode: every gateway of a shared store connects to the instance on its own connection.
 
     Each connection has its own calls (request ids are per connection), but all share the
@@ -439,8 +450,7 @@ async def serve_gateways(first: Worker, listener: socket.socket) -> None:
     live = {first}
 
     async def accept() -> None:
-        while True:
-            connection, _ = await loop.sock_accept(listener)
+        async for connection in connections:
             worker = Worker(first.config, first.target, first.models)
             worker.slots, worker.threads = first.slots, first.threads
             live.add(worker)
@@ -454,6 +464,9 @@ async def serve_gateways(first: Worker, listener: socket.socket) -> None:
             live = {worker for worker in live if not worker.closed.done()}
     finally:
         acceptor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acceptor  # its generator is closed with it
+        await connections.aclose()
         listener.close()
 
 
