@@ -45,10 +45,10 @@ def test_records_survive_in_the_journal_and_replay_once_into_the_store(
     for number in range(3):
         journal.append(record(number))
     # The process dies here: no flush, no close. The next start replays the segment.
-    assert replay(tmp_path / "journal", store.add_activations) == 3
+    assert replay(tmp_path / "journal", store.add_activation_rows) == 3
     assert store.activation("j00002") == record(2)  # every field, the job and GPUs too
     assert segments(tmp_path / "journal") == []
-    assert replay(tmp_path / "journal", store.add_activations) == 0
+    assert replay(tmp_path / "journal", store.add_activation_rows) == 0
 
 
 def test_a_torn_last_record_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
@@ -58,7 +58,49 @@ def test_a_torn_last_record_is_skipped_and_the_rest_replayed(tmp_path: Path) -> 
     (path,) = journal.rotate()  # trimmed to its two frames
     data = path.read_bytes()
     path.write_bytes(data[:-5])  # a write cut short (only a machine crash can do this)
-    assert [item.id for item in read_segment(path)] == ["j00001"]
+    assert [Activation(*row) for row in read_segment(path)] == [record(1)]
+
+
+def segment(*records: bytes, finished: bool = True) -> bytes:
+    """A segment in the journal's format: the array's header (zeros until finished), then each
+    record's length and the record."""
+    header = bytes([0xDD]) + (2 * len(records)).to_bytes(4, "big") if finished else bytes(5)
+    return header + b"".join(bytes([0xCE]) + len(item).to_bytes(4, "big") + item for item in records)
+
+
+def test_a_finished_segment_reads_back_exactly_what_was_appended(tmp_path: Path) -> None:
+    journal = ActivationJournal(tmp_path / "journal")
+    for number in range(1, 4):
+        journal.append(record(number))
+    (path,) = journal.rotate()
+    assert path.read_bytes() == segment(
+        *(msgspec.msgpack.encode(msgspec.structs.astuple(record(n))) for n in (1, 2, 3))
+    )
+    assert [Activation(*row) for row in read_segment(path)] == [record(1), record(2), record(3)]
+
+
+def test_records_of_other_tidal_versions_still_replay(tmp_path: Path, store: SQLiteStore) -> None:
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    # The format before this one (.jnl): 4-byte little-endian lengths, records as maps by field name.
+    legacy = msgspec.msgpack.encode(record(1))
+    (folder / f"{1:020d}-1-000001.jnl").write_bytes(len(legacy).to_bytes(4, "little") + legacy + bytes(64))
+    # A record from before the fields after `trigger` existed (those get their defaults), in a segment
+    # whose gateway died before finishing it (no header, the zero-filled rest of the file after it).
+    short = msgspec.structs.astuple(record(2))[: Activation.__struct_fields__.index("trigger") + 1]
+    unfinished = segment(msgspec.msgpack.encode(short), finished=False) + bytes(4096)
+    (folder / f"{2:020d}-1-000001.jnl2").write_bytes(unfinished)
+    assert replay(folder, store.add_activation_rows) == 2
+    assert store.activation("j00001") == record(1)
+    assert store.activation("j00002") == msgspec.structs.replace(record(2), job="", gpus=0.0)
+    assert segments(folder) == []
+
+
+def test_a_record_of_the_wrong_shape_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    path = tmp_path / f"{1:020d}-1-000001.jnl2"
+    good = msgspec.msgpack.encode(msgspec.structs.astuple(record(1)))
+    path.write_bytes(segment(msgspec.msgpack.encode(["j00009", "echo"]), good))
+    assert [Activation(*row) for row in read_segment(path)] == [record(1)]
 
 
 async def test_the_recorder_deletes_a_segment_only_once_its_batch_is_stored(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from tidal.metering.folding import FolderExited, JournalFolder
 from tidal.metering.journal import ActivationJournal, segments
 from tidal.metering.recorder import ActivationRecorder
 from tidal.store import Activation, SQLiteStore
+from tidal.store.models import ActivationRow
 
 
 def record(number: int) -> Activation:
@@ -33,7 +34,7 @@ async def test_the_folder_process_stores_segments_and_a_killed_one_loses_nothing
     database = tmp_path / "tidal.db"
     store = SQLiteStore(database)
     journal = ActivationJournal(tmp_path / "journal")
-    folder = JournalFolder(str(database), store.add_activations)
+    folder = JournalFolder(str(database), store.add_activation_rows)
     recorder = ActivationRecorder(store, journal=journal, folder=folder)
     running = asyncio.create_task(folder.run())
     try:
@@ -77,12 +78,12 @@ async def test_the_folder_process_stores_segments_and_a_killed_one_loses_nothing
 class RefusingStore:
     def __init__(self) -> None:
         self.refuse = True
-        self.stored: list[Activation] = []
+        self.stored: list[ActivationRow] = []
 
-    def add_activations(self, activations: Iterable[Activation]) -> None:
+    def add_activation_rows(self, rows: Iterable[ActivationRow]) -> None:
         if self.refuse:
             raise OSError("database is locked")
-        self.stored.extend(activations)
+        self.stored.extend(rows)
 
 
 def test_a_refused_segment_is_answered_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +103,7 @@ def test_a_refused_segment_is_answered_and_kept(tmp_path: Path, monkeypatch: pyt
     answers.seek(0)
     folder_process.serve([f"{path}\n", f"{path}\n"])  # twice: the second finds it stored already
     assert answers.getvalue() == f"+ {path}\n+ {path}\n"
-    assert [item.id for item in store.stored] == ["f00001"]
+    assert [Activation(*row) for row in store.stored] == [record(1)]
     assert not path.exists()
 
 
@@ -111,7 +112,7 @@ async def test_a_segment_the_disk_cannot_hold_leaves_records_in_memory(tmp_path:
     store = SQLiteStore(database)
     journal = ActivationJournal(tmp_path / "journal", segment_bytes=1 << 60)  # no disk holds it
     recorder = ActivationRecorder(
-        store, journal=journal, folder=JournalFolder(str(database), store.add_activations)
+        store, journal=journal, folder=JournalFolder(str(database), store.add_activation_rows)
     )
     recorder.record(record(1))  # preallocation fails: kept in memory, stored by the gateway
     assert segments(tmp_path / "journal") == []

@@ -14,6 +14,7 @@ import httpx
 
 from conftest import TidalServer
 from paths import EXAMPLES
+from tidal.metering.journal import segments
 
 RATE_S = 0.05  # one request every 50 ms per client: about 20 a second
 
@@ -56,7 +57,7 @@ def test_every_answered_request_has_its_record_after_a_kill(fresh_server: TidalS
     seen = set(answered)
     database = server.state_dir / "tidal.db"
     in_store_at_kill = stored_ids(database, seen)
-    journal = sorted((server.state_dir / "journal").glob("*.jnl"))
+    journal = segments(server.state_dir / "journal")
 
     restarted = TidalServer(server.state_dir).start()
     try:

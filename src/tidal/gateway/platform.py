@@ -154,7 +154,7 @@ class Platform:
         self.journal = ActivationJournal(state_dir / "journal")
         # A process of its own stores the journal's segments: the event loop only journals.
         self.folder = JournalFolder(
-            folder_store_location(config.state_url, state_dir), self.store.add_activations
+            folder_store_location(config.state_url, state_dir), self.store.add_activation_rows
         )
         self.recorder = ActivationRecorder(self.store, journal=self.journal, folder=self.folder)
         # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
@@ -326,7 +326,7 @@ class Platform:
     def _recover_metering(self, journal_dir: Path) -> None:
         """What a gateway killed without a stop left: journaled records not yet stored, and instance
         lives never closed (this process holds the state dir's lock, so those instances are gone)."""
-        stored = replay(journal_dir, self.store.add_activations)
+        stored = replay(journal_dir, self.store.add_activation_rows)
         # A shared store's open lives may be other gateways' running instances: only SQLite's are ours.
         closed = self.store.close_open_lives() if self.config.state_url is None else 0
         if stored or closed:

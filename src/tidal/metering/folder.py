@@ -29,8 +29,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tidal.metering.journal import REPLAY_BATCH, read_segment
-from tidal.store.models import Activation
+from tidal.metering.journal import store_segment
+from tidal.store.models import ActivationRow
 from tidal.store.open import open_store
 from tidal.store.protocols import ActivationStore
 from tidal.store.sqlite import SQLiteStore
@@ -42,17 +42,15 @@ FOLDED, REFUSED = "+", "!"
 NICENESS = 5  # under a saturated CPU the hot path goes first; folding waits (and batches grow)
 
 
-def fold_segment(path: Path, store: Callable[[list[Activation]], None]) -> int:
+def fold_segment(path: Path, store: Callable[[list[ActivationRow]], None]) -> int:
     """Store the records of the segment at ``path`` and delete it; how many it held (0 when the
-    file is gone: someone folded it already)."""
+    file is gone: someone folded it already). ``store``: the store's ``add_activation_rows``."""
     try:
-        records = read_segment(path)
+        stored = store_segment(path, store)
     except FileNotFoundError:
         return 0
-    for start in range(0, len(records), REPLAY_BATCH):
-        store(records[start : start + REPLAY_BATCH])
     path.unlink(missing_ok=True)
-    return len(records)
+    return stored
 
 
 def open_folder_store(location: str) -> ActivationStore:
@@ -71,7 +69,7 @@ def serve(lines: list[str] | None = None) -> int:
             if not name:
                 continue
             try:
-                fold_segment(Path(name), store.add_activations)
+                fold_segment(Path(name), store.add_activation_rows)
             except Exception as exc:  # the store is down or locked: the gateway retries later
                 log.exception("folding %s failed", name)
                 answer = f"{REFUSED} {name} {type(exc).__name__}: {exc}".replace("\n", " ")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tidal.metering.folder import FOLDED, REFUSED, STORE_ENV, fold_segment
-from tidal.store.models import Activation
+from tidal.store.models import ActivationRow
 from tidal.store.open import DATABASE
 
 log = logging.getLogger("tidal.metering")
@@ -32,9 +32,9 @@ class FolderExited(RuntimeError):
 
 
 class JournalFolder:
-    def __init__(self, store_location: str, store_here: Callable[[list[Activation]], None]) -> None:
+    def __init__(self, store_location: str, store_here: Callable[[list[ActivationRow]], None]) -> None:
         self.store_location = store_location  # a SQLite path or a state URL: the gateway's own store
-        self.store_here = store_here  # the fallback: the gateway's store, used in a thread
+        self.store_here = store_here  # the fallback: the gateway's store (add_activation_rows), in a thread
         self._process: asyncio.subprocess.Process | None = None
         self._waiting: dict[str, asyncio.Future[None]] = {}  # sent, not yet answered (in order)
         self._refused: list[str] = []  # the store refused them: sent again with the next fold

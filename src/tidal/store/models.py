@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Collection, Iterable
+from typing import Any
 
 import msgspec
 
@@ -99,6 +100,11 @@ class Activation(msgspec.Struct):
     gpus: float = 0.0  # GPUs the instance held (a count, or a share such as 0.5): GPU-s = gpus x billed
     batch_size: int = 0  # batched functions: how many requests shared the call (0: not batched)
     model: str = ""  # multiplexed functions (max_models): the model the request named
+
+
+# An Activation as the store inserts it: its fields in order (msgspec.structs.astuple). The journal
+# folder moves records from the journal into the store as rows, never building Activation objects.
+ActivationRow = tuple[Any, ...]
 
 
 def revision_digest(

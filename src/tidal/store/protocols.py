@@ -13,6 +13,7 @@ from typing import Protocol
 from tidal.routing.model import RouteRecord
 from tidal.store.models import (
     Activation,
+    ActivationRow,
     FunctionRecord,
     InstanceLife,
     Job,
@@ -100,6 +101,10 @@ class ActivationStore(Protocol):
 
     def add_activations(self, activations: Iterable[Activation]) -> None:
         """Store a batch in one transaction (a repeated id replaces the earlier record)."""
+        ...
+
+    def add_activation_rows(self, rows: Sequence[ActivationRow]) -> None:
+        """``add_activations`` for records already in row form (the journal folder's)."""
         ...
 
     def activations(

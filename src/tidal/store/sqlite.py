@@ -12,15 +12,25 @@ scaling events are here, and the later table groups each have a module of their 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from tidal.store.models import Activation, FunctionRecord, KeyRecord, Revision, TrafficTarget, check_traffic
+from tidal.store.models import (
+    Activation,
+    ActivationRow,
+    FunctionRecord,
+    KeyRecord,
+    Revision,
+    TrafficTarget,
+    check_traffic,
+)
 from tidal.store.sqlite_base import (
     TRAFFIC_ORDER,
     TRAFFIC_QUERY,
@@ -44,6 +54,7 @@ REVISION_COLUMNS = ", ".join(Revision.__struct_fields__)
 KEY_COLUMNS = ", ".join(KeyRecord.__struct_fields__)
 SCALING_EVENT_COLUMNS = ("revision", "at", "from_count", "to_count", "reason")
 SMALLEST_ROWID = -(2**63)
+ROWS_PER_INSERT = 32  # 32 rows of 27 values: under 999, the most parameters old SQLite builds take
 
 
 class SQLiteStore(
@@ -177,12 +188,17 @@ class SQLiteStore(
     # -- activations -----------------------------------------------------------------------------
 
     def add_activations(self, activations: Iterable[Activation]) -> None:
-        rows = [msgspec.structs.astuple(activation) for activation in activations]
-        placeholders = ", ".join("?" * len(ACTIVATION_FIELDS))
+        self.add_activation_rows([msgspec.structs.astuple(activation) for activation in activations])
+
+    def add_activation_rows(self, rows: Sequence[ActivationRow]) -> None:
+        """One INSERT per ``ROWS_PER_INSERT`` rows: a quarter fewer instructions per row than a
+        statement per row (executemany), on what is most of the journal folder's work."""
+        if len({row[0] for row in rows}) != len(rows):  # one statement must not name an id twice
+            rows = list({row[0]: row for row in rows}.values())  # (PostgreSQL refuses it): the last wins
         with self._transaction() as db:
-            db.executemany(
-                f"INSERT OR REPLACE INTO activations ({ACTIVATION_COLUMNS}) VALUES ({placeholders})", rows
-            )
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[start : start + ROWS_PER_INSERT]
+                db.execute(_insert_activations(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
     def activations(
         self, function: str, limit: int = 50, activation_id: str | None = None
@@ -300,6 +316,12 @@ def _revision(row: tuple[Any, ...]) -> Revision:
     values["is_class"] = bool(values["is_class"])
     values["spec"] = json.loads(values["spec"])
     return Revision(**values)
+
+
+@functools.cache
+def _insert_activations(rows: int) -> str:
+    values = "(" + ", ".join("?" * len(ACTIVATION_FIELDS)) + ")"
+    return f"INSERT OR REPLACE INTO activations ({ACTIVATION_COLUMNS}) VALUES " + ", ".join([values] * rows)
 
 
 def _activation(row: tuple[Any, ...]) -> Activation:
