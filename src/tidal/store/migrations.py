@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tidal.store.errors import StoreError
 from tidal.store.models import revision_digest
@@ -37,8 +38,15 @@ class Migration:
     apply: Callable[[sqlite3.Connection], None]
 
 
-def _execute_all(connection: sqlite3.Connection, script: str) -> None:
-    """Run ``;``-separated statements one by one (executescript would commit the transaction)."""
+class Executes(Protocol):
+    """A connection to run a statement on: SQLite's, or PostgreSQL's (postgres_migrations.py)."""
+
+    def execute(self, statement: str, /) -> object: ...
+
+
+def execute_all(connection: Executes, script: str) -> None:
+    """Run ``;``-separated statements one by one, inside the step's transaction (SQLite's
+    executescript would commit it)."""
     for statement in script.split(";"):
         if statement.strip():
             connection.execute(statement)
@@ -110,7 +118,7 @@ BASELINE_TABLES = ("functions", "revisions", "keys", "activations", "scaling_eve
 
 
 def _schema_0_1_0(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_0_1_0)
+    execute_all(connection, SCHEMA_0_1_0)
 
 
 # -- 2: activation caller and trigger; function settings and traffic out of revisions -------------
@@ -134,7 +142,7 @@ NEWEST_REVISIONS = (
 
 
 def _settings_and_traffic(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_2)
+    execute_all(connection, SCHEMA_2)
     newest = {function: (rev_id, spec) for function, rev_id, spec in connection.execute(NEWEST_REVISIONS)}
     for (name,) in connection.execute("SELECT name FROM functions").fetchall():
         rev_id, spec = newest.get(name, (None, "{}"))
@@ -179,7 +187,7 @@ CREATE INDEX rejections_by_minute ON rejections (minute);
 
 
 def _retention_and_rejections(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_3)
+    execute_all(connection, SCHEMA_3)
 
 
 # -- 4: the environment a revision runs in (its bundle's requirements, installed; "" = tidal's own) --
@@ -225,7 +233,7 @@ CREATE INDEX rollout_decisions_by_rollout ON rollout_decisions (rollout, at);
 
 
 def _rollouts(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_5)
+    execute_all(connection, SCHEMA_5)
 
 
 # -- 6: shadow traffic (tidal.shadow): one candidate per function, compared copies, skip counts -----
@@ -267,7 +275,7 @@ CREATE INDEX shadow_skips_by_minute ON shadow_skips (minute);
 
 
 def _shadows(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_6)
+    execute_all(connection, SCHEMA_6)
 
 
 # -- 7: async jobs (tidal.jobs): the durable queue, and the job each activation was an attempt of ----
@@ -319,7 +327,7 @@ CREATE INDEX activations_by_job ON activations (job) WHERE job != ''
 
 
 def _jobs(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_7)
+    execute_all(connection, SCHEMA_7)
 
 
 # -- 8: event triggers (tidal.triggers) ----------------------------------------------------------------
@@ -344,7 +352,7 @@ ALTER TABLE activations ADD COLUMN trigger_id TEXT NOT NULL DEFAULT ''
 
 
 def _triggers(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_8)
+    execute_all(connection, SCHEMA_8)
 
 
 # -- 9: revision digests leave out fields at their default (a new field makes no new revision) ----
@@ -381,7 +389,7 @@ CREATE INDEX instance_lives_by_function ON instance_lives (function, started)
 
 
 def _metering(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_10)
+    execute_all(connection, SCHEMA_10)
 
 
 # -- 11: keep-alive: the idle-time histogram of each function (tidal.keepalive) ----------------------
@@ -396,7 +404,7 @@ CREATE TABLE idle_histograms (
 
 
 def _idle_histograms(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_11)
+    execute_all(connection, SCHEMA_11)
 
 
 # -- 12: the batch size and the model (multiplexing) of each activation ---------------------------------
@@ -408,7 +416,7 @@ ALTER TABLE activations ADD COLUMN model TEXT NOT NULL DEFAULT ''
 
 
 def _batch_size_and_model(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_12)
+    execute_all(connection, SCHEMA_12)
 
 
 # -- 13: HTTP routes by method and path (tidal.gateway routes), with their CORS settings ----------------
@@ -429,7 +437,7 @@ CREATE INDEX routes_by_function ON routes (function)
 
 
 def _routes(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_13)
+    execute_all(connection, SCHEMA_13)
 
 
 # -- 14: rate limits and quotas per API key; the input schema of each revision ------------------------
@@ -449,7 +457,7 @@ ALTER TABLE revisions ADD COLUMN input_schema TEXT NOT NULL DEFAULT ''
 
 
 def _limits_and_schemas(connection: sqlite3.Connection) -> None:
-    _execute_all(connection, SCHEMA_14)
+    execute_all(connection, SCHEMA_14)
 
 
 MIGRATIONS: tuple[Migration, ...] = (

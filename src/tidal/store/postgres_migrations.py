@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from tidal.store.errors import StoreError
+from tidal.store.migrations import execute_all
 
 log = logging.getLogger("tidal.store")
 
@@ -39,13 +40,6 @@ class Migration:
     version: int
     description: str
     apply: Callable[[psycopg.Connection[Any]], None]
-
-
-def execute_all(connection: psycopg.Connection[Any], script: str) -> None:
-    """Run ``;``-separated statements one by one, inside the step's transaction."""
-    for statement in script.split(";"):
-        if statement.strip():
-            connection.execute(statement)
 
 
 # -- 1: everything SQLite's schema 14 holds --------------------------------------------------------
