@@ -119,9 +119,9 @@ def test_a_schema_2_state_dir_gains_the_indexes_and_keeps_its_rows(tmp_path: Pat
 
 
 def test_a_batch_of_rows_is_stored_whole_and_a_repeated_id_keeps_its_last_row(store: SQLiteStore) -> None:
-    # 100 rows: several multi-row INSERTs of ROWS_PER_INSERT in one transaction, and a last short one.
-    rows = [msgspec.structs.astuple(activation(n, 1000.0 + n)) for n in range(100)]
+    # 300 rows: several multi-row INSERTs (tidal.store.sqlite_bulk) in one transaction, and a last short one.
+    rows = [msgspec.structs.astuple(activation(n, 1000.0 + n)) for n in range(300)]
     again = msgspec.structs.replace(activation(7, 1000.0 + 7), status="error", http_status=500)
     store.add_activation_rows([*rows, msgspec.structs.astuple(again)])
-    assert starts(store) == [1000.0 + n for n in range(100)]
+    assert starts(store) == [1000.0 + n for n in range(300)]
     assert store.activation(again.id) == again

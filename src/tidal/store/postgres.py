@@ -36,10 +36,12 @@ import psycopg
 from psycopg import sql
 
 from tidal.store.errors import StoreError
+from tidal.store.models import ActivationRow
 from tidal.store.postgres_migrations import migrate
 from tidal.store.postgres_sql import RETURNING_ID, parse_state_url, redact, translate
-from tidal.store.sqlite import SQLiteStore
+from tidal.store.sqlite import INSERT_ACTIVATIONS, SQLiteStore
 from tidal.store.sqlite_base import SQLiteConnection
+from tidal.store.sqlite_bulk import bulk_inserts
 
 log = logging.getLogger("tidal.store")
 
@@ -48,6 +50,7 @@ log = logging.getLogger("tidal.store")
 LOCK_SPACE = 0x7469
 CONNECT_TIMEOUT_S = 10  # unless the URL says (connect_timeout=...)
 WRITE_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+MAX_PARAMETERS = 65535  # the most bind parameters a PostgreSQL statement takes
 
 
 class PostgresCursor:
@@ -179,6 +182,12 @@ class PostgresConnection(SQLiteConnection):
 
 class PostgresStore(PostgresConnection, SQLiteStore):
     """Every table group of SQLiteStore, on PostgreSQL (see the module's docstring)."""
+
+    def _bulk_inserts(
+        self, db: sqlite3.Connection, rows: Sequence[ActivationRow]
+    ) -> Iterator[tuple[str, list[Any]]]:
+        # psycopg's %s cannot name a value twice: each row brings all of its values.
+        return bulk_inserts(INSERT_ACTIVATIONS, rows, MAX_PARAMETERS, share=False)
 
 
 def _values(params: Sequence[Any]) -> tuple[Any, ...]:
