@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= .tidal
+# pytest-xdist workers for `make test` (CI has 2 cores; TEST_WORKERS=0 runs the suite in one process)
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint typecheck bench services clean browser
 
@@ -38,7 +40,7 @@ browser:
 	command -v chromium >/dev/null || { echo "installing Debian's chromium for the dashboard test"; apt-get update -qq && apt-get install -y -qq chromium; }
 
 test: setup lint typecheck browser
-	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder --cov --cov-report=term:skip-covered tests
 
 bench: setup
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -167,3 +167,27 @@ def write_module(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+# `make test` runs the suite on two pytest-xdist workers (CI has 2 cores, and a serial run left
+# one of them idle half the time: the tests mostly wait on gateways, instances and services).
+# A test file runs whole on one worker, so its module fixtures start once, and the files go out
+# in the order collected (`--no-loadscope-reorder`). The Ray tests share one worker, as two local
+# Ray clusters at once would contend for Ray's default ports, and are collected first: at about
+# three minutes they are the longest unit, and started last they would leave the other worker idle.
+SHARED_WORKER_FOLDERS = ("tests/raybackend/",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(SHARED_WORKER_FOLDERS))  # stable: else as found
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((folder for folder in SHARED_WORKER_FOLDERS if path.startswith(folder)), path)
+
+    return FileScheduling(config, log)
