@@ -1,19 +1,27 @@
-"""Many rows in one SQLite INSERT, each value the rows of a chunk share bound once.
+"""Many rows in one SQLite INSERT, each value the rows of a batch share bound once.
 
 The journal folder stores every activation record (tidal.metering.folder), and binding the
 parameters was a third of what a row cost it: each text value is copied into SQLite on binding,
 and a warm call's record repeats most of its neighbour's (function, revision, status, the empty
 error and key fields). So a chunk of rows becomes one ``INSERT ... VALUES`` whose tuples name
-numbered parameters: the columns that vary within the chunk get one parameter per row, each
-column constant over the chunk gets a single parameter that every tuple names again.
+numbered parameters: the columns that vary get one parameter per row, each column constant over
+the batch gets a single parameter that every tuple names again.
 
     rows (id, function, ms): ("a1", "echo", 1), ("a2", "echo", 1)
     SQL:    ... VALUES (?1, ?3, ?4), (?2, ?3, ?4)
     params: ["a1", "a2", "echo", 1]
 
 Per echo record that took the folder from 42,000 to 28,000 instructions (callgrind,
-bench/metering_instructions.py). The SQL depends only on the number of rows and which columns
-vary, so the few texts a workload makes stay in the connection's statement cache.
+bench/metering_instructions.py).
+
+Compiling such a statement costs SQLite about 10 million instructions at 128 rows, as much as
+storing 900 records, so the SQL must come from a small set that stays in the connection's
+statement cache. It depends only on the number of rows and on which columns vary: which columns
+vary is decided once for the whole batch (a segment the folder stores), and a batch is cut into
+chunks of ``ROWS_PER_INSERT`` rows and then, for the rest, of halving powers of two (a batch of 300:
+128, 128, 32, 8, 4). Cut into 128s and whatever was left, a fold of the 500 to 2,000 records that
+arrive every 200 ms under load compiled a fresh statement almost every time: 3,000 to 9,000
+instructions a record.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ def varying_columns(rows: Sequence[Row]) -> tuple[int, ...]:
     )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)  # as many as sqlite3's statement cache holds
 def insert_sql(head: str, width: int, rows: int, varying: tuple[int, ...]) -> str:
     """``head`` (``INSERT INTO t (a, b)``) and ``rows`` tuples of ``width`` numbered parameters:
     row ``r``'s ``k``-th varying column is ``?(r * len(varying) + k + 1)``, the ``j``-th constant
@@ -69,16 +77,27 @@ def bulk_inserts(
     width = len(rows[0])
     if width > max_parameters:
         raise ValueError(f"rows of {width} values exceed SQLite's limit of {max_parameters} parameters")
+    # A column constant over the batch is constant in each chunk of it: one split for all chunks.
+    varying = varying_columns(rows) if share else tuple(range(width))
+    fits = (max_parameters - (width - len(varying))) // len(varying) if varying else ROWS_PER_INSERT
     start = 0
-    while start < len(rows):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        varying = varying_columns(chunk) if share else tuple(range(width))
-        if varying:
-            # A shorter chunk's constant columns are constant in it too: the same split holds.
-            fits = (max_parameters - (width - len(varying))) // len(varying)
-            chunk = chunk[:fits]
-        yield insert_sql(head, width, len(chunk), varying), parameters(chunk, varying)
-        start += len(chunk)
+    for size in chunk_sizes(len(rows), min(fits, ROWS_PER_INSERT)):
+        chunk = rows[start : start + size]
+        yield insert_sql(head, width, size, varying), parameters(chunk, varying)
+        start += size
+
+
+def chunk_sizes(total: int, largest: int) -> list[int]:
+    """``total`` rows as chunks of ``largest``, the rest as halving powers of two (each smaller than
+    ``largest``): few distinct sizes, so few distinct statements. ``chunk_sizes(300, 128)`` is
+    ``[128, 128, 32, 8, 4]``."""
+    sizes = [largest] * (total // largest)
+    rest = total % largest
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
 
 
 def parameters(chunk: Sequence[Row], varying: tuple[int, ...]) -> list[Any]:
