@@ -8,8 +8,10 @@ which gives the same count run after run, so a change to the hot path shows even
   metering_overhead.py): ``tidal up`` runs under callgrind with instrumentation off until the
   load starts (startup is not counted), then ``--requests`` calls from 16 keep-alive connections;
   its instances, templates and journal folder are started with ``exec`` and run natively;
-* the journal folder, per record: a segment of ``--records`` echo records folded into a fresh
-  SQLite store, minus a segment of a third as many (Python's start cancels out).
+* the journal folder, per record: ``--segments`` journal segments folded in turn into one SQLite
+  store by one process, as the folder does under load (a segment every 200 ms, of 400 to 2,000
+  echo records whose instance, duration, CPU, memory, queue time and billed milliseconds vary),
+  minus the first third of them (Python's start cancels out).
 
 Instructions are not time: a record that costs 40,000 instructions in the folder may cost more time
 than that suggests when it runs next to the gateway (caches, the shared cores). They say where the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -49,20 +52,22 @@ import sys
 from pathlib import Path
 from tidal.metering.folder import fold_segment
 from tidal.store.sqlite import SQLiteStore
-store = SQLiteStore(Path(sys.argv[2]))
-print(fold_segment(Path(sys.argv[1]), store.add_activation_rows))
+store = SQLiteStore(Path(sys.argv[1]))
+print(sum(fold_segment(Path(segment), store.add_activation_rows) for segment in sys.argv[2:]))
 """
+SEGMENT_RECORDS = (400, 2000)  # records a segment holds under load: 2,000 to 10,000 requests a second
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=0, help="measured requests per mode (default 3200)")
-    p.add_argument("--records", type=int, default=0, help="records in the folded segment (default 6000)")
+    p.add_argument("--segments", type=int, default=0, help="journal segments folded (default 12)")
     p.add_argument("--quick", action="store_true", help="fewer requests and records")
+    p.add_argument("--folder-only", action="store_true", help="count the journal folder only (a minute)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     args.requests = args.requests or (800 if args.quick else 3200)
-    args.records = args.records or (1500 if args.quick else 6000)
+    args.segments = args.segments or (6 if args.quick else 12)
     return args
 
 
@@ -135,35 +140,47 @@ def load(clients: list[SequentialClient], requests: int) -> None:
         raise RuntimeError(f"{len(errors)} call(s) failed, the first: {errors[0]}")
 
 
-def folder_per_record(records: int, workdir: Path) -> float:
-    """Instructions the journal folder runs per record: folding ``records`` minus a third as many."""
-    counts = []
-    for count in (records // 3, records):
-        segment = write_segment(workdir / f"journal-{count}", count)
-        out = workdir / f"folder-{count}.callgrind"
+def folder_per_record(segments: int, workdir: Path) -> float:
+    """Instructions the journal folder runs per record: folding ``segments`` segments in turn
+    minus folding the first third of them."""
+    sizes = random.Random(7).choices(range(SEGMENT_RECORDS[0], SEGMENT_RECORDS[1] + 1), k=segments)
+    counts, records = [], []
+    for taken in (segments // 3, segments):
+        journal = workdir / f"journal-{taken}"
+        paths = [
+            write_segment(journal, size, first=sum(sizes[:index])) for index, size in enumerate(sizes[:taken])
+        ]
+        out = workdir / f"folder-{taken}.callgrind"
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c",
-                   FOLD_SCRIPT, str(segment), str(workdir / f"folded-{count}.db")]  # fmt: skip
+                   FOLD_SCRIPT, str(workdir / f"folded-{taken}.db"), *map(str, paths)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0 or done.stdout.split()[-1:] != [str(count)]:
-            raise RuntimeError(f"folding {count} records failed: {done.stdout[-500:]} {done.stderr[-1500:]}")
+        records.append(sum(sizes[:taken]))
+        if done.returncode != 0 or done.stdout.split()[-1:] != [str(records[-1])]:
+            raise RuntimeError(
+                f"folding {records[-1]} records failed: {done.stdout[-500:]} {done.stderr[-1500:]}"
+            )
         counts.append(instructions(out))
-    return (counts[1] - counts[0]) / (records - records // 3)
+    return (counts[1] - counts[0]) / (records[1] - records[0])
 
 
-def write_segment(folder: Path, count: int) -> Path:
-    """A finished journal segment of ``count`` records like those of warm echo calls."""
+def write_segment(folder: Path, count: int, first: int) -> Path:
+    """A finished journal segment of ``count`` records like those of warm echo calls under load,
+    numbered from ``first``."""
     from tidal.metering.journal import ActivationJournal
     from tidal.store.models import Activation
 
+    vary = random.Random(first)
     journal = ActivationJournal(folder, segment_bytes=count * 200 + 4096)
-    start = time.time()
-    for number in range(count):
+    start = 1_790_000_000.0  # the same records in every run
+    for number in range(first, first + count):
         journal.append(
             Activation(
                 id=f"a1b2c3d4e5{number:06x}", function="echo", revision="echo-00001",
-                instance=f"echo-1-a1b{number % 2}", start=start + number / 1000,
-                duration_ms=0.35 + number % 7 * 0.013, billed_ms=1, memory_mb=128, cold=False, status="ok",
-                http_status=200, cpu_ms=0.04 + number % 5 * 0.003, peak_rss_kb=41_000 + number % 3 * 4,
+                instance=f"echo-1-a1b{vary.randrange(3)}", start=start + number / 1000,
+                duration_ms=round(vary.uniform(0.3, 3.0), 3), billed_ms=vary.choice((1, 1, 1, 2)),
+                memory_mb=128, cold=False, status="ok", http_status=200,
+                cpu_ms=round(vary.uniform(0.03, 0.2), 3), peak_rss_kb=41_000 + vary.randrange(4) * 4,
+                queue_ms=vary.choice((0.0, 0.0, 0.0, round(vary.uniform(0.01, 0.5), 3))),
             )
         )  # fmt: skip
     (segment,) = journal.rotate()
@@ -178,16 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tidal-instructions-"))
     results: dict[str, Any] = {}
     try:
-        for mode in SWITCH:
+        for mode in () if args.folder_only else SWITCH:
             print(f"gateway with metering {mode}: {args.requests} requests under callgrind ...", flush=True)
             results[f"gateway_{mode}"] = gateway_per_request(mode, args.requests, workdir)
-        print(f"journal folder: {args.records} records under callgrind ...", flush=True)
-        results["folder_per_record"] = folder_per_record(args.records, workdir)
+        print(f"journal folder: {args.segments} segments under callgrind ...", flush=True)
+        results["folder_per_record"] = folder_per_record(args.segments, workdir)
     except (ServerError, RuntimeError, OSError, subprocess.SubprocessError, KeyboardInterrupt) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.folder_only:
+        print(f"journal folder: {results['folder_per_record']:,.0f} instructions per record")
+        write_json(args.json, results)
+        return 0
     off = results["gateway_off"]
     print(f"\n{'gateway':<22}{'instructions/request':>22}{'vs off':>10}")
     for mode in SWITCH:
