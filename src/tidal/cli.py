@@ -116,8 +116,14 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
         f"{instances['recycled']} replaced after a timeout, "
         f"{instances['rejected']} requests rejected (queue full)"
     )
-    if instances["start_retry_in_s"]:
-        out.print(f"[red]starts are failing[/red]: the next try is in {instances['start_retry_in_s']} s")
+    if instances["start_retry_in_s"] or instances.get("start_error"):  # the error stays until a start works
+        retry = instances["start_retry_in_s"]
+        when = (
+            f"the next try is in {retry} s"
+            if retry
+            else "the backoff is over: the next start needed tries again"
+        )
+        out.print(f"[red]starts are failing[/red]: {when}")
     if instances.get("start_error"):
         out.print(f"[red]last start failed[/red]: {instances['start_error']}", highlight=False)
     if instances.get("last_lost"):
