@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=0, help="measured requests per mode (default 3200)")
     p.add_argument("--segments", type=int, default=0, help="journal segments folded (default 12)")
-    p.add_argument("--quick", action="store_true", help="fewer requests and records")
+    p.add_argument("--quick", action="store_true", help="fewer requests and segments")
     p.add_argument("--folder-only", action="store_true", help="count the journal folder only (a minute)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
