@@ -61,6 +61,19 @@ def test_a_torn_last_record_is_skipped_and_the_rest_replayed(tmp_path: Path) -> 
     assert [Activation(*row) for row in read_segment(path)] == [record(1)]
 
 
+def test_records_of_any_size_in_any_order_read_back_whole(tmp_path: Path) -> None:
+    """Each record is encoded into one buffer kept between appends: a short record after a long
+    one (logs) must carry none of the long one's bytes, and one longer than the buffer grows it."""
+    journal = ActivationJournal(tmp_path / "journal")
+    written = [record(1), record(2), record(3), record(4)]
+    written[1].logs = "x" * 5000  # far past the buffer's first size
+    written[2].error_message = "short"
+    for activation in written:
+        assert journal.append(activation)
+    (path,) = journal.rotate()
+    assert [Activation(*row) for row in read_segment(path)] == written
+
+
 def segment(*records: bytes, finished: bool = True) -> bytes:
     """A segment in the journal's format: the array's header (zeros until finished), then each
     record's length and the record."""

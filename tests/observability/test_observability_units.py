@@ -18,6 +18,7 @@ from tidal.observability.metrics import GatewayCollector, PoolView, Snapshot
 from tidal.observability.stats import InvocationStats, quantile
 from tidal.observability.switch import metering_switch
 from tidal.observability.tracing import InvocationTracer, traces_url
+from tidal.observability.wiring import activation_writer
 from tidal.router.pool import ScalingEvent
 from tidal.store.models import Activation, TriggerRecord
 
@@ -185,3 +186,17 @@ def test_metering_switch_reads_the_environment(
 ) -> None:
     monkeypatch.setenv("TIDAL_METRICS", value)
     assert metering_switch() == switch
+
+
+@pytest.mark.parametrize(("value", "written"), [("0", False), ("records", True), ("1", True)])
+def test_metering_off_drops_the_record_itself(
+    monkeypatch: pytest.MonkeyPatch, value: str, written: bool
+) -> None:
+    """TIDAL_METRICS=0 replaces the recorder's writer only: what the gateway wraps around it
+    (keep-alive learning, key quotas, job attribution) runs in every mode."""
+    monkeypatch.setenv("TIDAL_METRICS", value)
+    stored: list[str] = []
+    writer = activation_writer(lambda activation: stored.append(activation.id))
+    writer(Activation(id="a1", function="f", revision="f-1", instance="i", start=1.0, duration_ms=1.0,
+                      billed_ms=1, memory_mb=128, cold=False, status="ok", http_status=200))  # fmt: skip
+    assert stored == (["a1"] if written else [])

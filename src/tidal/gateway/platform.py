@@ -38,7 +38,7 @@ from tidal.metering.lives import InstanceLives
 from tidal.metering.prices import PriceSheet
 from tidal.metering.recorder import ActivationRecorder
 from tidal.metering.retention import DEFAULT_MAX_ROWS, DEFAULT_RETENTION_S, Retention, RetentionPolicy
-from tidal.observability.wiring import observe
+from tidal.observability.wiring import activation_writer, observe
 from tidal.rollout.controller import RolloutController
 from tidal.router.pool import QueuedBodies, ScalingEvent
 from tidal.router.router import Route, Router, ServingTarget, ShadowServing
@@ -157,11 +157,10 @@ class Platform:
             folder_store_location(config.state_url, state_dir), self.store.add_activation_rows
         )
         self.recorder = ActivationRecorder(self.store, journal=self.journal, folder=self.folder)
-        # A job's attempt names its job on its activation record (tidal.jobs.dispatcher).
-        self.invoker = Invoker(
-            self.router, attributed(self.limiter.observing(self.keep_alive.observing(self.recorder.record))),
-            self.recorder.reject,
-        )  # fmt: skip
+        # Around the writer (nothing with TIDAL_METRICS=0), each record feeds keep-alive learning
+        # and key quotas, and a job's attempt names its job on it (tidal.jobs.dispatcher).
+        record = self.keep_alive.observing(activation_writer(self.recorder.record))
+        self.invoker = Invoker(self.router, attributed(self.limiter.observing(record)), self.recorder.reject)
         self.shadow_recorder = ShadowRecorder(self.store)
         self.invoker.mirror = self.mirror = Mirror(self.invoker, self.shadow_recorder)
         self.environments = EnvironmentBuilder(state_dir / "envs", state_dir / "cache" / "uv")

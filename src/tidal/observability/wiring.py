@@ -2,8 +2,8 @@
 activation record first, the autoscaler's events are counted, and (when configured) ``invoke``
 runs inside a span.
 
-``TIDAL_METRICS=0`` turns metering (activation records) and metrics off together
-(``TIDAL_METRICS=records``: metrics only). It exists for ``bench/metering_overhead.py``, which
+``TIDAL_METRICS=0`` turns metering (activation records: ``activation_writer``) and metrics off
+together (``TIDAL_METRICS=records``: metrics only). It exists for ``bench/metering_overhead.py``, which
 measures what they cost the warm path; a gateway run that way bills nothing (or shows no metrics),
 so nothing but a benchmark should use it.
 """
@@ -11,6 +11,7 @@ so nothing but a benchmark should use it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,11 +56,10 @@ def observe(platform: Platform, public: bool = False, otel_endpoint: str | None 
             on_event(event)
 
         platform.autoscaler.on_event = count_and_record
-    elif switch == "0":
+    elif switch == "0":  # the records were never written (activation_writer): only say so here
         log.warning(
             "%s=0: activations are not recorded and /metrics is off (benchmarks only)", METRICS_SWITCH
         )
-        invoker.record = _discard
     else:
         log.warning("%s=records: /metrics is off (benchmarks only)", METRICS_SWITCH)
     observability = Observability(stats, MetricsEndpoint(platform, stats, public))
@@ -95,6 +95,14 @@ def cold_start_kind(platform: Platform, activation: Activation) -> str:
                 if client.id == activation.instance:
                     return str(client.handle.extra.get(COLD_START_DETAIL, ""))
     return ""
+
+
+def activation_writer(record: Callable[[Activation], None]) -> Callable[[Activation], None]:
+    """What writes each activation record: ``record`` (the recorder's), or with ``TIDAL_METRICS=0``
+    nothing. Only the writing is switched off: keep-alive learning, per-key quotas and job
+    attribution, which the gateway wraps around it, run in every mode, so that the benchmark's
+    "off" differs from "on" by metering and metrics alone."""
+    return _discard if metering_switch() == "0" else record
 
 
 def _discard(activation: Activation) -> None:
