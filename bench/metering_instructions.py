@@ -46,14 +46,26 @@ SWITCH = {"on": "1", "records": "records", "off": "0"}  # mode -> TIDAL_METRICS
 CONNECTIONS = 16
 TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 
-# Folds the journal segment at argv[1] into a new SQLite store at argv[2] (the folder's own code).
+# Folds the journal segments at argv[2:] into a new SQLite store at argv[1] with the folder's own
+# loop (tidal.metering.folder.serve, as the gateway runs it), counting the records stored.
 FOLD_SCRIPT = """
+import os
 import sys
-from pathlib import Path
-from tidal.metering.folder import fold_segment
-from tidal.store.sqlite import SQLiteStore
-store = SQLiteStore(Path(sys.argv[1]))
-print(sum(fold_segment(Path(segment), store.add_activation_rows) for segment in sys.argv[2:]))
+from tidal.metering import folder
+stored = []
+opened = folder.open_folder_store
+def counted(location):
+    store = opened(location)
+    add = store.add_activation_rows
+    def add_counted(rows):
+        add(rows)
+        stored.append(len(rows))
+    store.add_activation_rows = add_counted
+    return store
+folder.open_folder_store = counted
+os.environ[folder.STORE_ENV] = sys.argv[1]
+folder.serve([path + "\\n" for path in sys.argv[2:]])
+print(sum(stored))
 """
 SEGMENT_RECORDS = (400, 2000)  # records a segment holds under load: 2,000 to 10,000 requests a second
 

@@ -115,3 +115,11 @@ def test_lives_start_stop_and_overlap_a_window(store: SQLiteStore) -> None:
     assert store.close_open_lives() == 1
     assert store.instance_lives(T0, T0 + 100)[1].stopped == pytest.approx(T0 + 62.5)
     assert store.close_open_lives() == 0
+
+
+def test_an_id_named_twice_in_one_batch_keeps_its_last_record(store: SQLiteStore) -> None:
+    """A segment folded again after a crash can repeat a record: one row per id, the last one's."""
+    first, again = call(1, T0 + 1, billed_ms=3), call(1, T0 + 1, billed_ms=9, status="error")
+    store.add_activations([first, call(2, T0 + 2), again, call(3, T0 + 3)])  # 4 rows: one statement
+    assert store.activation("a1") == again
+    assert sorted(activation.id for activation in store.activations("echo", limit=10)) == ["a1", "a2", "a3"]

@@ -183,6 +183,13 @@ class PostgresConnection(SQLiteConnection):
 class PostgresStore(PostgresConnection, SQLiteStore):
     """Every table group of SQLiteStore, on PostgreSQL (see the module's docstring)."""
 
+    def add_activation_rows(self, rows: Sequence[ActivationRow]) -> None:
+        # ON CONFLICT cannot change one row twice in a statement: an id named twice keeps its last
+        # row, as on SQLite, before the rows are cut into statements.
+        if len({row[0] for row in rows}) != len(rows):
+            rows = list({row[0]: row for row in rows}.values())
+        super().add_activation_rows(rows)
+
     def _bulk_inserts(
         self, db: sqlite3.Connection, rows: Sequence[ActivationRow]
     ) -> Iterator[tuple[str, list[Any]]]:

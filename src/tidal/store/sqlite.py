@@ -191,9 +191,8 @@ class SQLiteStore(
 
     def add_activation_rows(self, rows: Sequence[ActivationRow]) -> None:
         """Up to ``ROWS_PER_INSERT`` rows a statement, the values they share bound once
-        (tidal.store.sqlite_bulk): this is most of what the journal folder does per record."""
-        if len({row[0] for row in rows}) != len(rows):  # one statement must not name an id twice
-            rows = list({row[0]: row for row in rows}.values())  # (PostgreSQL refuses it): the last wins
+        (tidal.store.sqlite_bulk): this is most of what the journal folder does per record. An id
+        named twice keeps its last row (INSERT OR REPLACE, row after row)."""
         with self._transaction() as db:
             for sql, parameters in self._bulk_inserts(db, rows):
                 db.execute(sql, parameters)

@@ -39,10 +39,11 @@ Row = Sequence[Any]
 
 
 def varying_columns(rows: Sequence[Row]) -> tuple[int, ...]:
-    """The positions of the columns whose value is not the same in every row (in order)."""
+    """The positions of the columns whose value is not the same in every row (in order). A tuple
+    comparison stops at the first difference: a column that varies is told after a row or two."""
     return tuple(
         position for position, column in enumerate(zip(*rows, strict=True))
-        if column.count(column[0]) != len(column)
+        if column != (column[0],) * len(column)
     )  # fmt: skip
 
 
