@@ -5,6 +5,7 @@ again; a store that refuses a segment leaves it for the next flush."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import signal
@@ -105,6 +106,33 @@ def test_a_refused_segment_is_answered_and_kept(tmp_path: Path, monkeypatch: pyt
     assert answers.getvalue() == f"+ {path}\n+ {path}\n"
     assert [Activation(*row) for row in store.stored] == [record(1)]
     assert not path.exists()
+
+
+def test_a_fold_runs_with_the_cycle_collector_paused_and_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused while a segment is stored, running again after it, a refused one included."""
+    collecting: list[bool] = []
+    store = RefusingStore()
+    real_add = store.add_activation_rows
+
+    def add(rows: Iterable[ActivationRow]) -> None:
+        collecting.append(gc.isenabled())
+        real_add(rows)
+
+    monkeypatch.setattr(store, "add_activation_rows", add)
+    monkeypatch.setenv(folder_process.STORE_ENV, str(tmp_path / "unused.db"))
+    monkeypatch.setattr(folder_process, "open_folder_store", lambda location: store)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    journal = ActivationJournal(tmp_path / "journal")
+    journal.append(record(1))
+    (path,) = journal.rotate()
+    folder_process.serve([f"{path}\n"])  # refused
+    assert collecting == [False] and gc.isenabled()
+    store.refuse = False
+    folder_process.serve([f"{path}\n"])
+    assert collecting == [False, False] and gc.isenabled()
+    assert [Activation(*row) for row in store.stored] == [record(1)]
 
 
 async def test_a_segment_the_disk_cannot_hold_leaves_records_in_memory(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def open_folder_store(location: str) -> ActivationStore:
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Python's cycle collector off while a segment is folded. A fold allocates a tuple per record
-    (thousands a segment), which triggered collections that walked them all, one in ten of the
+    (thousands a segment), which triggered collections that walked them all, one in twenty of the
     folder's instructions; it makes no reference cycles (records are tuples of numbers and
     strings), so nothing waits to be collected. Between folds the collector runs as usual."""
     gc.disable()
@@ -77,7 +77,6 @@ def collector_paused() -> Iterator[None]:
 def serve(lines: list[str] | None = None) -> int:
     """Fold each segment named on stdin, answering on stdout; returns at end of input."""
     store = open_folder_store(os.environ[STORE_ENV])
-    gc.freeze()  # what the folder imported and opened lives as long as it: never walked again
     try:
         for line in sys.stdin if lines is None else lines:
             name = line.rstrip("\n")
