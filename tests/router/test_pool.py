@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -124,6 +126,33 @@ async def test_scale_down_gives_up_a_starting_instance_before_a_ready_one(
         assert pool.ready == [warm]
         assert [handle.id for handle in backend.instances()] == [warm.handle.id], "the late start was stopped"
         assert await call(pool, 0.0) == 0.0
+    finally:
+        await pool.drain(1.0)
+        await backend.close()
+
+
+async def test_a_lost_instance_shows_the_cause_its_backend_names_after_its_connection_closed(
+    tmp_path: Path, code_dir: Path
+) -> None:
+    """A host's loss can close an instance's connection before the backend hears of the host
+    (Ray notices a dead node seconds later): the latest loss says what was known, then the cause."""
+    backend = LocalBackend(tmp_path / "state")
+    spec = validate_spec(revision(code_dir).spec)
+    pool = RevisionPool(InstanceSpec(revision(code_dir), spec, str(code_dir)), backend)
+    try:
+        assert await call(pool, 0.0) == 0.0
+        (client,) = pool.ready
+        assert client.handle.pid is not None
+        os.kill(client.handle.pid, signal.SIGKILL)
+        for _ in range(500):
+            if pool.counters.last_lost:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.counters.last_lost == f"{client.id}: its connection closed"
+        pool.name_loss("another-instance", "node n2 lost")  # not the latest loss: nothing changes
+        assert pool.counters.last_lost == f"{client.id}: its connection closed"
+        pool.name_loss(client.id, "node n1 lost")
+        assert pool.counters.last_lost == f"{client.id}: node n1 lost"
     finally:
         await pool.drain(1.0)
         await backend.close()

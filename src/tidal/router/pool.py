@@ -348,6 +348,12 @@ class RevisionPool:
             log.warning("instance %s was lost (%s); replacing it", client.id, why)
         self._start_successor(f"replacing lost instance {client.id}")
 
+    def name_loss(self, instance_id: str, why: str) -> None:
+        """The backend tells why ``instance_id`` was lost ("node NODE lost"), maybe after its
+        connection closed and ``_lost`` could only say so: the latest loss shows the cause."""
+        if self.counters.last_lost.startswith(f"{instance_id}: "):
+            self.counters.last_lost = f"{instance_id}: {why}"
+
     def _start_successor(self, reason: str) -> None:
         """After an instance left unasked, start another if the revision is now short of one."""
         if (

@@ -163,12 +163,15 @@ class Router:
         """A backend's exit callback: an instance whose host was lost (``extra["lost"]``) may keep
         an open connection that nothing answers; closing it fails its calls now (instance lost)
         and makes its pool start a replacement."""
-        if not handle.extra.get(LOST):
+        why = handle.extra.get(LOST)
+        if not why:
             return  # its process exited: its connection dropped by itself
         for pool in self.pools():
             for client in list(pool.ready):  # a draining one gives up at its grace's end
                 if client.id == handle.id:
                     client.close()
+            # Its connection may have closed before the backend heard of the host: name the cause.
+            pool.name_loss(handle.id, str(why))
 
     def pick(self, route: Route, context: RequestContext) -> Target | None:
         if len(route.targets) == 1 and context.revision is None:
