@@ -91,9 +91,10 @@ class ActivationJournal:
         self._payload = bytearray(PAYLOAD_BUFFER_BYTES)  # each record is encoded here, then copied
         self._sequence = 0
         self._segment: tuple[Path, int, mmap.mmap] | None = None  # path, descriptor, mapping
-        # The current segment's mapping and size, apart: ``append`` reads them on every call.
-        self._mapping: mmap.mmap | bytearray = bytearray()  # empty: no segment yet
-        self._capacity = 0  # 0 without a segment: the first append opens one
+        # The current segment's mapping, apart: ``append`` reads it on every call.
+        self._mapping: mmap.mmap | bytearray = (
+            bytearray()
+        )  # empty: no segment yet, the first append opens one
         self._offset = 0  # where the next frame goes in the current segment
         self._records = 0  # in the current segment
         self._finished: list[Path] = []  # filled up since the last rotate
@@ -104,17 +105,16 @@ class ActivationJournal:
         no segment could be made (disk full): logged, and the recorder keeps the record in memory.
 
         This runs on every call's path: the record is encoded into a buffer kept from call to call
-        (no bytes object to allocate, grow and free), and a frame's bounds are checked against
-        ``_capacity`` (0 without a segment)."""
+        (no bytes object to allocate, grow and free)."""
         payload = self._payload
         self._encode_into(_astuple(activation), payload)  # the buffer now holds just this record
         size = len(payload)
         start = self._offset + PREFIX_BYTES
-        if start + size > self._capacity:
+        mapping = self._mapping
+        if start + size > len(mapping):
             if not self._next_segment(PREFIX_BYTES + size):
                 return False
-            start = HEADER_BYTES + PREFIX_BYTES
-        mapping = self._mapping
+            start, mapping = HEADER_BYTES + PREFIX_BYTES, self._mapping
         mapping[start : start + size] = payload
         _pack_length(mapping, start - PREFIX_BYTES, UINT32, size)  # last: a reader sees whole frames
         self._offset = start + size
@@ -145,7 +145,7 @@ class ActivationJournal:
             return False
         self._failing = False
         self._segment, self._offset, self._records = (path, descriptor, mapping), HEADER_BYTES, 0
-        self._mapping, self._capacity = mapping, size
+        self._mapping = mapping
         return True
 
     def _finish(self) -> None:
@@ -153,7 +153,7 @@ class ActivationJournal:
         holds none)."""
         assert self._segment is not None
         path, descriptor, mapping = self._segment
-        self._segment, self._mapping, self._capacity = None, bytearray(), 0
+        self._segment, self._mapping = None, bytearray()
         if self._records:
             ARRAY_HEADER.pack_into(mapping, 0, ARRAY32, 2 * self._records)  # two items a record
         mapping.close()
