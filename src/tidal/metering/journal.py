@@ -91,10 +91,9 @@ class ActivationJournal:
         self._payload = bytearray(PAYLOAD_BUFFER_BYTES)  # each record is encoded here, then copied
         self._sequence = 0
         self._segment: tuple[Path, int, mmap.mmap] | None = None  # path, descriptor, mapping
-        # The current segment's mapping, apart: ``append`` reads it on every call.
-        self._mapping: mmap.mmap | bytearray = (
-            bytearray()
-        )  # empty: no segment yet, the first append opens one
+        # The current segment's mapping, apart: ``append`` reads it on every call. Empty without a
+        # segment: the first append opens one.
+        self._mapping: mmap.mmap | bytearray = bytearray()
         self._offset = 0  # where the next frame goes in the current segment
         self._records = 0  # in the current segment
         self._finished: list[Path] = []  # filled up since the last rotate
