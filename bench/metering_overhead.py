@@ -11,7 +11,10 @@ on a noisy machine hits all alike: sequential requests on one keep-alive connect
 blocks (p50, p99), then ``wrk -t2 -c16`` rounds in a rotating order. Each round starts the three
 gateways afresh, in that round's order: two identical gateways can differ by 4% in CPU per request
 for the whole life of their processes (memory layout, hash seeds), which no number of rounds on the
-same processes averages out. Reported per mode: the median req/s, the gateway process's CPU time
+same processes averages out. Before each measured run, every gateway stores what it journaled (its
+journal folder would otherwise fold one mode's records during the next mode's run), then the mode
+runs ``--warmup`` seconds unmeasured, longer than a fold interval (FOLD_INTERVAL_S): its own folds
+then run in its window as under long load. Reported per mode: the median req/s, the gateway process's CPU time
 per request, that of the gateway with every process under it (the journal folder, templates,
 instances: the folder stores the records in a process of its own, so its CPU is part of what
 metering costs), the folder's alone, and the machine's (every process, wrk and the kernel
@@ -58,6 +61,8 @@ from common import (
     wrk_available,
 )
 
+from tidal.metering.recorder import FOLD_INTERVAL_S
+
 PAYLOAD = {"text": "hello", "n": 1}
 SWITCH = {"on": "1", "records": "records", "off": "0"}  # mode -> TIDAL_METRICS
 TARGET_LOSS = 0.05
@@ -86,6 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=200, help="requests per interleaved block (200)")
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 8)")
     p.add_argument("--rounds", type=int, help="rounds, each on fresh gateways (default 6; quick 2)")
+    p.add_argument(
+        "--warmup", type=float, default=FOLD_INTERVAL_S + 1.0,
+        help=f"seconds of load before each measured run, unmeasured (default {FOLD_INTERVAL_S + 1.0:g})",
+    )  # fmt: skip
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -171,14 +180,28 @@ def throughput(modes: list[Mode], workdir: Path, args: argparse.Namespace, body:
                 mode.server.stop()
             for mode in order:
                 start(mode, workdir)
-        for mode in order:  # settle (the first call is a cold start): not measured
-            run_wrk(url[mode.name], scripts[mode.name], threads=args.threads, connections=args.connections,
-                    duration_s=2.0)  # fmt: skip
         for mode in order:
+            for other in modes:  # every journal folded: no other gateway's fold runs in this window
+                quiesce(other)
+            # Warm-up, not measured (the first call is a cold start): longer than a fold interval,
+            # so that the window folds as under long load, what came before it included.
+            run_wrk(url[mode.name], scripts[mode.name], threads=args.threads, connections=args.connections,
+                    duration_s=args.warmup)  # fmt: skip
             measure(mode, url[mode.name], scripts[mode.name], args)
             print(f"  round {round_number + 1}/{args.rounds} metering {mode.name:<7} "
                   f"{mode.wrk[-1].ok_per_s:>9,.0f} req/s  p50 {mode.wrk[-1].latency_p50_ms} ms  "
                   f"non-2xx {mode.wrk[-1].non_2xx}", flush=True)  # fmt: skip
+
+
+def quiesce(mode: Mode) -> None:
+    """Wait until ``mode``'s gateway has stored every record it journaled (its activations API
+    flushes first). A gateway folds its journal every FOLD_INTERVAL_S: without this, the fold of
+    the records of one mode's turn would run in the next mode's window."""
+    status, data = http_request(
+        mode.port, "GET", "/v1/functions/echo/activations?limit=1", headers=mode.headers, timeout=120
+    )
+    if status != 200:
+        raise ServerError(f"{mode.name}: flushing its records answered HTTP {status}: {data[:200]!r}")
 
 
 def measure(mode: Mode, url: str, script: Path, args: argparse.Namespace) -> None:

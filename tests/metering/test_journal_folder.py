@@ -148,3 +148,48 @@ async def test_a_segment_the_disk_cannot_hold_leaves_records_in_memory(tmp_path:
     assert store.activation("f00001") == record(1)
     journal.close()
     store.close()
+
+
+async def test_journaled_records_wait_for_the_fold_interval_and_a_flush(tmp_path: Path) -> None:
+    """Journaled records are safe on disk: the writer folds them every ``fold_interval_s``, not
+    every ``interval_s``; a reader's flush stores them at once."""
+    database = tmp_path / "tidal.db"
+    store = SQLiteStore(database)
+    journal = ActivationJournal(tmp_path / "journal")
+    folder = JournalFolder(str(database), store.add_activation_rows)  # not started: folds here
+    recorder = ActivationRecorder(store, interval_s=0.01, journal=journal, folder=folder, fold_interval_s=60)
+    writer = asyncio.create_task(recorder.run())
+    try:
+        recorder.record(record(1))
+        await asyncio.sleep(0.3)  # thirty times interval_s
+        assert store.activations("echo") == [] and len(segments(tmp_path / "journal")) == 1
+        await recorder.flush()
+        assert store.activation("f00001") == record(1)
+    finally:
+        writer.cancel()
+        journal.close()
+        store.close()
+
+
+async def test_records_kept_in_memory_are_written_every_interval_not_every_fold(tmp_path: Path) -> None:
+    """A full disk: the records wait in the gateway's memory, where a kill would lose them, so the
+    writer stores them every ``interval_s`` however long the fold interval."""
+    database = tmp_path / "tidal.db"
+    store = SQLiteStore(database)
+    journal = ActivationJournal(tmp_path / "journal", segment_bytes=1 << 60)  # no disk holds it
+    folder = JournalFolder(str(database), store.add_activation_rows)
+    recorder = ActivationRecorder(store, interval_s=0.01, journal=journal, folder=folder, fold_interval_s=60)
+    recorder.record(record(1))  # preallocation fails: kept in memory
+    writer = asyncio.create_task(recorder.run())
+    try:
+        async with asyncio.timeout(10):  # not 60
+            while store.activation("f00001") is None:
+                await asyncio.sleep(0.01)
+        recorder.record(record(2))  # the journal still fails: memory again
+        async with asyncio.timeout(10):
+            while store.activation("f00002") is None:
+                await asyncio.sleep(0.01)
+    finally:
+        writer.cancel()
+        journal.close()
+        store.close()

@@ -99,6 +99,11 @@ class ActivationJournal:
         self._finished: list[Path] = []  # filled up since the last rotate
         self._failing = False  # a failed segment is logged once, not once per call
 
+    @property
+    def failing(self) -> bool:
+        """The last segment could not be made (disk full): records go to memory meanwhile."""
+        return self._failing
+
     def append(self, activation: Activation) -> bool:
         """Write one record (about 7,000 instructions, 1 us: an encode and two copies); False when
         no segment could be made (disk full): logged, and the recorder keeps the record in memory.
