@@ -14,11 +14,11 @@ for the whole life of their processes (memory layout, hash seeds), which no numb
 same processes averages out. Before each measured run, every gateway stores what it journaled (its
 journal folder would otherwise fold one mode's records during the next mode's run), then the mode
 runs ``--warmup`` seconds unmeasured, longer than a fold interval (FOLD_INTERVAL_S): its own folds
-then run in its window as under long load. Reported per mode: the median req/s, the gateway process's CPU time
-per request, that of the gateway with every process under it (the journal folder, templates,
-instances: the folder stores the records in a process of its own, so its CPU is part of what
-metering costs), the folder's alone, and the machine's (every process, wrk and the kernel
-included: on a saturated machine, throughput follows it). The loss: the median over rounds of
+then run in its window as under long load. Reported per mode: the median req/s, the gateway
+process's CPU time per request, that of the gateway with every process under it (the journal
+folder, templates, instances: the folder stores the records in a process of its own, so its CPU
+is part of what metering costs), the folder's alone, and the machine's (every process, wrk and
+the kernel included: on a saturated machine, throughput follows it). The loss: the median over rounds of
 1 - on/off within a round (the modes of one round run back to back), with its quartiles, and the
 loss of the median req/s. Target: throughput loss (1 - on/off) at most 5%.
 
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="600 sequential requests, 2 rounds of 3 s wrk")
     p.add_argument("--requests", type=int, help="sequential requests per mode (default 2000)")
     p.add_argument("--block", type=int, default=200, help="requests per interleaved block (200)")
-    p.add_argument("--duration", type=float, help="seconds per wrk run (default 8)")
+    p.add_argument("--duration", type=float, help="seconds per measured wrk run (default 5; quick 3)")
     p.add_argument("--rounds", type=int, help="rounds, each on fresh gateways (default 6; quick 2)")
     p.add_argument(
         "--warmup", type=float, default=FOLD_INTERVAL_S + 1.0,
