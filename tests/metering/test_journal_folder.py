@@ -171,21 +171,27 @@ async def test_journaled_records_wait_for_the_fold_interval_and_a_flush(tmp_path
         store.close()
 
 
-async def test_records_kept_in_memory_are_written_every_interval_not_every_fold(tmp_path: Path) -> None:
-    """A full disk: the records wait in the gateway's memory, where a kill would lose them, so the
-    writer stores them every ``interval_s`` however long the fold interval."""
+@pytest.mark.parametrize("folded", [True, False], ids=["disk-full", "no-folder"])
+async def test_records_kept_in_memory_are_written_every_interval_not_every_fold(
+    tmp_path: Path, folded: bool
+) -> None:
+    """A full disk, or no folder: the records wait in the gateway's memory, where a kill would lose
+    them, so the writer stores them every ``interval_s`` however long the fold interval."""
     database = tmp_path / "tidal.db"
     store = SQLiteStore(database)
-    journal = ActivationJournal(tmp_path / "journal", segment_bytes=1 << 60)  # no disk holds it
-    folder = JournalFolder(str(database), store.add_activation_rows)
+    if folded:  # no disk holds such a segment: the journal fails
+        journal = ActivationJournal(tmp_path / "journal", segment_bytes=1 << 60)
+        folder: JournalFolder | None = JournalFolder(str(database), store.add_activation_rows)
+    else:  # journaled, and kept in memory to be stored from here
+        journal, folder = ActivationJournal(tmp_path / "journal"), None
     recorder = ActivationRecorder(store, interval_s=0.01, journal=journal, folder=folder, fold_interval_s=60)
-    recorder.record(record(1))  # preallocation fails: kept in memory
+    recorder.record(record(1))  # kept in memory
     writer = asyncio.create_task(recorder.run())
     try:
         async with asyncio.timeout(10):  # not 60
             while store.activation("f00001") is None:
                 await asyncio.sleep(0.01)
-        recorder.record(record(2))  # the journal still fails: memory again
+        recorder.record(record(2))  # after a flush, still to memory
         async with asyncio.timeout(10):
             while store.activation("f00002") is None:
                 await asyncio.sleep(0.01)

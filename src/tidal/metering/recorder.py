@@ -105,10 +105,12 @@ class ActivationRecorder(BatchedWriter[Activation]):
             self._append(activation)  # not journaled (disk full), or stored from here
 
     def next_flush_in(self) -> float:
-        """``fold_interval_s`` while every record is in the journal; ``interval_s`` while records
-        wait in memory (no journal, or its write fails), where a killed gateway would lose them.
-        (The wait under way when the journal starts failing still ends at ``fold_interval_s``.)"""
-        if self.journal is None or self.journal.failing or self._pending:
+        """``fold_interval_s`` while a folder stores the records from the journal; ``interval_s``
+        while records go to memory (no folder or no journal, or its write fails), where a killed
+        gateway would lose them. (The wait under way when the journal starts failing still ends
+        at ``fold_interval_s``.)"""
+        journal = self.journal
+        if self.folder is None or journal is None or journal.failing or self._pending:
             return self.interval_s
         return self.fold_interval_s
 
