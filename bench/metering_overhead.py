@@ -17,10 +17,11 @@ runs ``--warmup`` seconds unmeasured, longer than a fold interval (FOLD_INTERVAL
 then run in its window as under long load. Reported per mode: the median req/s, the gateway
 process's CPU time per request, that of the gateway with every process under it (the journal
 folder, templates, instances: the folder stores the records in a process of its own, so its CPU
-is part of what metering costs), the folder's alone, and the machine's (every process, wrk and
-the kernel included: on a saturated machine, throughput follows it). The loss: the median over rounds of
-1 - on/off within a round (the modes of one round run back to back), with its quartiles, and the
-loss of the median req/s. Target: throughput loss (1 - on/off) at most 5%.
+is part of what metering costs), the folder's alone, the machine's (every process, wrk and
+the kernel included), and the time the gateway waited for a core ("gw wait": its event loop
+limits throughput, so what takes its core costs throughput beyond its own CPU time). The loss:
+the median over rounds of 1 - on/off within a round (the modes of one round run back to back),
+with its quartiles, and the loss of the median req/s. Target: throughput loss (1 - on/off) at most 5%.
 
 Run: ``.venv/bin/python bench/metering_overhead.py [--quick] [--json PATH]``. 127.0.0.1 only.
 """
@@ -81,6 +82,10 @@ class Mode:
     tree_cpu_us_per_request: list[float] = field(default_factory=list)  # gateway + its descendants
     folder_cpu_us_per_request: list[float] = field(default_factory=list)  # the journal folder's share
     machine_cpu_us_per_request: list[float] = field(default_factory=list)  # every process, wrk included
+    # Time the gateway was runnable but waited for a core (its /proc/PID/schedstat), per request:
+    # the gateway's event loop is what limits throughput here, so work that takes its core
+    # (the journal folder's, say) costs more throughput than its own CPU time.
+    wait_us_per_request: list[float] = field(default_factory=list)
     scrapes: int = 0
 
 
@@ -213,12 +218,14 @@ def measure(mode: Mode, url: str, script: Path, args: argparse.Namespace) -> Non
         scraper.start()
     assert mode.server is not None and mode.server.proc is not None
     cpu_before = proc_cpu_s(mode.server.proc.pid)
+    wait_before = runqueue_wait_s(mode.server.proc.pid)
     tree_before = tree_cpu_s(mode.server.proc.pid)
     machine_before = machine_cpu_s()
     result = run_wrk(
         url, script, threads=args.threads, connections=args.connections, duration_s=args.duration
     )
     cpu_after = proc_cpu_s(mode.server.proc.pid)
+    wait_after = runqueue_wait_s(mode.server.proc.pid)
     tree_after = tree_cpu_s(mode.server.proc.pid)
     machine_after = machine_cpu_s()
     stop.set()
@@ -227,6 +234,8 @@ def measure(mode: Mode, url: str, script: Path, args: argparse.Namespace) -> Non
     if result.requests:
         if cpu_before is not None and cpu_after is not None:
             mode.cpu_us_per_request.append((cpu_after - cpu_before) / result.requests * 1e6)
+        if wait_before is not None and wait_after is not None:
+            mode.wait_us_per_request.append((wait_after - wait_before) / result.requests * 1e6)
         alive = (
             tree_after.keys() & tree_before.keys()
         )  # processes alive at both ends (a warm path starts none)
@@ -253,6 +262,15 @@ def tree_cpu_s(root: int) -> dict[int, float]:
         changed, tree = grown != tree, grown
     spent = {pid: proc_cpu_s(pid) for pid in tree}
     return {pid: cpu for pid, cpu in spent.items() if cpu is not None}
+
+
+def runqueue_wait_s(pid: int) -> float | None:
+    """Seconds the process has spent runnable but waiting for a core (the second number of
+    /proc/PID/schedstat), None where the kernel does not keep it."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def is_folder(pid: int) -> bool:
@@ -289,8 +307,10 @@ def summary(mode: Mode) -> dict[str, Any]:
         "tree_cpu_us_per_request": median(mode.tree_cpu_us_per_request or [0.0]) or None,
         "folder_cpu_us_per_request": median(mode.folder_cpu_us_per_request or [0.0]),
         "machine_cpu_us_per_request": median(mode.machine_cpu_us_per_request or [0.0]) or None,
+        "gateway_wait_us_per_request": median(mode.wait_us_per_request) if mode.wait_us_per_request else None,
         "gateway_cpu_us_rounds": [round(value, 1) for value in mode.cpu_us_per_request],
         "machine_cpu_us_rounds": [round(value, 1) for value in mode.machine_cpu_us_per_request],
+        "gateway_wait_us_rounds": [round(value, 1) for value in mode.wait_us_per_request],
         "non_2xx": sum(w.non_2xx for w in mode.wrk),
         "metrics_scrapes": mode.scrapes,
     }
@@ -298,15 +318,16 @@ def summary(mode: Mode) -> dict[str, Any]:
 
 def report(results: dict[str, Any], names: list[str]) -> None:
     print(f"\n{'metering':<10}{'seq p50':>10}{'seq p99':>10}{'req/s':>10}{'wrk p50':>10}{'gw CPU/req':>12}"
-          f"{'tidal CPU/req':>15}{'folder':>9}{'machine':>10}")  # fmt: skip
+          f"{'tidal CPU/req':>15}{'folder':>9}{'machine':>10}{'gw wait':>10}")  # fmt: skip
     for name in names:
         row = results[name]
         cpu, tree = row["gateway_cpu_us_per_request"], row["tree_cpu_us_per_request"]
-        machine = row["machine_cpu_us_per_request"]
+        machine, wait = row["machine_cpu_us_per_request"], row["gateway_wait_us_per_request"]
         print(f"{name:<10}{row['seq_p50_ms']:>7.3f} ms{row['seq_p99_ms']:>7.3f} ms"
               f"{row['wrk_median_rps']:>10,.0f}{row['wrk_median_p50_ms']:>7.2f} ms"
               f"{'-' if cpu is None else f'{cpu:.0f} us':>12}{'-' if tree is None else f'{tree:.0f} us':>15}"
-              f"{row['folder_cpu_us_per_request']:>6.1f} us{'-' if machine is None else f'{machine:.0f} us':>10}")  # fmt: skip
+              f"{row['folder_cpu_us_per_request']:>6.1f} us{'-' if machine is None else f'{machine:.0f} us':>10}"
+              f"{'-' if wait is None else f'{wait:.1f} us':>10}")  # fmt: skip
     off = results["off"]
     for name in [name for name in names if name != "off"]:
         row = results[name]
