@@ -55,6 +55,26 @@ def median(values: Sequence[float]) -> float:
     return float(ordered[mid]) if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``: the k-th smallest and
+    k-th largest value, with k the largest rank at which a fair coin gives fewer than k heads in
+    len(values) tosses with probability at most (1 - confidence) / 2. None when there are too few
+    values for one (under 6 at 95%). A noisy machine's rounds are not normally distributed, so no
+    mean or standard deviation is assumed.
+    """
+    n = len(values)
+    tail, below, k = (1 - confidence) / 2, 0.0, 0
+    while True:  # below = P(heads < k + 1); k grows while that stays within the tail
+        below += math.comb(n, k) / 2**n
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return float(ordered[k - 1]), float(ordered[n - k])
+
+
 # --------------------------------------------------------------------------------------------- ports
 
 
