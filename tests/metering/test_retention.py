@@ -68,6 +68,43 @@ async def test_a_sweep_deletes_what_is_past_the_retention_and_the_row_cap(store:
     assert again == dict.fromkeys(counts, 0)
 
 
+class VirtualMachineSteps:
+    """Counts the bytecode steps SQLite runs on ``store``'s connection (a progress handler every
+    ``every`` steps): work measured without a clock, the same on every run."""
+
+    def __init__(self, store: SQLiteStore, every: int = 100) -> None:
+        self.every, self.ticks = every, 0
+        store._db.set_progress_handler(self._tick, every)
+
+    def _tick(self) -> int:
+        self.ticks += 1
+        return 0  # 0: go on
+
+    @property
+    def steps(self) -> int:
+        return self.ticks * self.every
+
+
+async def test_a_sweep_walks_past_the_kept_rows_once_not_once_a_batch(store: SQLiteStore) -> None:
+    """At the row cap every sweep deletes what arrived since the last one. Finding the cap's edge
+    steps through the newest max_rows rows (a million by default); done once a batch, a sweep of
+    twenty batches stepped through them twenty-one times."""
+    kept, arrived = 50_000, 1000
+    store.add_activations(activation(n, NOW - 60_000 + n) for n in range(kept + arrived))
+    vm = VirtualMachineSteps(store)
+    store.activations_cutoff(0.0, keep_newest=kept)
+    walk, vm.ticks = vm.steps, 0
+
+    deleted = await Retention(store, RetentionPolicy(0, max_rows=kept), batch=50).sweep(NOW)
+
+    assert deleted["activations"] == arrived  # twenty batches
+    assert store.activations_cutoff(0.0, keep_newest=kept) == (0.0, -(2**63))  # none beyond the cap
+    assert walk >= kept  # a step or more for each kept row
+    # One walk and the deletes (about 110 steps a row) come to about 2 walks here; a walk for each
+    # batch would be 21 walks.
+    assert vm.steps < 3 * walk
+
+
 async def test_a_day_later_the_next_day_goes(store: SQLiteStore) -> None:
     store.add_activations(activation(n, NOW - age * DAY_S) for n, age in enumerate([6.5, 5]))
     retention = Retention(store, RetentionPolicy(7 * DAY_S, 0))

@@ -55,6 +55,20 @@ def test_the_row_limit_and_the_age_limit_together_keep_the_stricter(store: SQLit
     assert starts(store) == [2015.0, 2016.0, 2017.0, 2018.0, 2019.0]
 
 
+def test_a_cutoff_taken_once_deletes_in_batches_what_was_past_it_then(store: SQLiteStore) -> None:
+    store.add_activations(activation(n, 1000.0 + n // 2) for n in range(10))  # pairs share a start
+    assert store.activations_cutoff(before=0.0, keep_newest=0) == (0.0, -(2**63))  # no limit: nothing goes
+    cutoff = store.activations_cutoff(before=1001.0, keep_newest=3)  # the rows cap is stricter
+
+    store.add_activations(activation(n, 1000.0 + n) for n in range(10, 13))  # newer, after the cutoff
+    assert store.delete_activations_below(cutoff, batch=4) == 4
+    assert store.delete_activations_below(cutoff, batch=4) == 3
+    assert store.delete_activations_below(cutoff, batch=4) == 0
+    assert sorted(item.id for item in store.activations("echo", limit=100)) == [
+        "a00007", "a00008", "a00009", "a00010", "a00011", "a00012"
+    ]  # fmt: skip
+
+
 def test_old_scaling_events_go(store: SQLiteStore) -> None:
     for at in (100.0, 200.0, 300.0):
         store.add_scaling_event("echo", "echo-00001", at, 0, 1, "demand")

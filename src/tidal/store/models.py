@@ -105,6 +105,8 @@ class Activation(msgspec.Struct):
 # An Activation as the store inserts it: its fields in order (msgspec.structs.astuple). The journal
 # folder moves records from the journal into the store as rows, never building Activation objects.
 ActivationRow = tuple[Any, ...]
+# Where a retention sweep cuts the activations: the (start, rowid) below which they go, oldest first.
+ActivationCutoff = tuple[float, int]
 
 
 def revision_digest(

@@ -13,6 +13,7 @@ from typing import Protocol
 from tidal.routing.model import RouteRecord
 from tidal.store.models import (
     Activation,
+    ActivationCutoff,
     ActivationRow,
     FunctionRecord,
     InstanceLife,
@@ -118,6 +119,16 @@ class ActivationStore(Protocol):
     def delete_activations(self, before: float, keep_newest: int, batch: int) -> int:
         """Delete at most ``batch`` of the oldest activations that started before ``before`` or are
         not among the newest ``keep_newest`` (0: no row limit); returns how many went."""
+        ...
+
+    def activations_cutoff(self, before: float, keep_newest: int) -> ActivationCutoff:
+        """Where ``delete_activations`` would cut now: activations below it started before
+        ``before`` or are not among the newest ``keep_newest``. Costs a walk past the newest
+        ``keep_newest`` rows, so a retention sweep asks once and deletes below it in batches."""
+        ...
+
+    def delete_activations_below(self, cutoff: ActivationCutoff, batch: int) -> int:
+        """Delete at most ``batch`` of the oldest activations below ``cutoff``; how many went."""
         ...
 
     def add_rejections(self, counts: Mapping[tuple[str, int], int]) -> None:

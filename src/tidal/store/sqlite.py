@@ -22,6 +22,7 @@ import msgspec
 
 from tidal.store.models import (
     Activation,
+    ActivationCutoff,
     ActivationRow,
     FunctionRecord,
     KeyRecord,
@@ -223,23 +224,43 @@ class SQLiteStore(
 
     def delete_activations(self, before: float, keep_newest: int, batch: int) -> int:
         """One batch, oldest first, by (start, rowid): the index on start holds both, so ties on
-        ``start`` are cut exactly at the ``keep_newest`` edge and each batch reads only what it deletes.
+        ``start`` are cut exactly at the ``keep_newest`` edge. Finds the edge anew (a walk past the
+        newest ``keep_newest`` rows): a sweep of many batches asks ``activations_cutoff`` once instead.
         """
         with self._transaction() as db:
-            bound = (before, SMALLEST_ROWID)  # (start, rowid) below this: older than ``before``
-            if keep_newest > 0:
-                edge = db.execute(
-                    "SELECT start, rowid FROM activations ORDER BY start DESC, rowid DESC LIMIT 1 OFFSET ?",
-                    (keep_newest,),
-                ).fetchone()  # the newest row beyond the newest ``keep_newest``
-                if edge is not None and edge[0] >= before:
-                    bound = (edge[0], edge[1] + 1)
-            cursor = db.execute(
-                "DELETE FROM activations WHERE rowid IN (SELECT rowid FROM activations "
-                "WHERE (start, rowid) < (?, ?) ORDER BY start, rowid LIMIT ?)",
-                (*bound, batch),
-            )
-            return cursor.rowcount
+            return self._delete_below(db, self._cutoff(db, before, keep_newest), batch)
+
+    def activations_cutoff(self, before: float, keep_newest: int) -> ActivationCutoff:
+        with self._transaction(write=False) as db:
+            return self._cutoff(db, before, keep_newest)
+
+    def delete_activations_below(self, cutoff: ActivationCutoff, batch: int) -> int:
+        with self._transaction() as db:
+            return self._delete_below(db, cutoff, batch)
+
+    @staticmethod
+    def _cutoff(db: sqlite3.Connection, before: float, keep_newest: int) -> ActivationCutoff:
+        """The older of ``before`` and the newest row beyond the newest ``keep_newest``: SQLite steps
+        through the ``keep_newest`` rows of the index on start to find it (an OFFSET is a walk)."""
+        cutoff = (before, SMALLEST_ROWID)  # (start, rowid) below this: older than ``before``
+        if keep_newest > 0:
+            edge = db.execute(
+                "SELECT start, rowid FROM activations ORDER BY start DESC, rowid DESC LIMIT 1 OFFSET ?",
+                (keep_newest,),
+            ).fetchone()
+            if edge is not None and edge[0] >= before:
+                cutoff = (edge[0], edge[1] + 1)
+        return cutoff
+
+    @staticmethod
+    def _delete_below(db: sqlite3.Connection, cutoff: ActivationCutoff, batch: int) -> int:
+        """Reads only what it deletes: the first ``batch`` entries of the index on start."""
+        cursor = db.execute(
+            "DELETE FROM activations WHERE rowid IN (SELECT rowid FROM activations "
+            "WHERE (start, rowid) < (?, ?) ORDER BY start, rowid LIMIT ?)",
+            (*cutoff, batch),
+        )
+        return int(cursor.rowcount)
 
     def add_rejections(self, counts: Mapping[tuple[str, int], int]) -> None:
         with self._transaction() as db:
