@@ -78,23 +78,23 @@ class Arrivals:
         )  # fmt: skip
 
 
-def sweep_per_batch(store: SQLiteStore, keep: int) -> int:
+def in_batches(delete: Callable[[], int]) -> int:
+    """Call ``delete`` (one batch) until a batch comes back short, as Retention does; how many went."""
     deleted = 0
-    while (count := store.delete_activations(0.0, keep, BATCH_ROWS)) > 0:
+    while (count := delete()) > 0:
         deleted += count
         if count < BATCH_ROWS:
             break
     return deleted
+
+
+def sweep_per_batch(store: SQLiteStore, keep: int) -> int:
+    return in_batches(lambda: store.delete_activations(0.0, keep, BATCH_ROWS))
 
 
 def sweep_once(store: SQLiteStore, keep: int) -> int:
     cutoff = store.activations_cutoff(0.0, keep)
-    deleted = 0
-    while (count := store.delete_activations_below(cutoff, BATCH_ROWS)) > 0:
-        deleted += count
-        if count < BATCH_ROWS:
-            break
-    return deleted
+    return in_batches(lambda: store.delete_activations_below(cutoff, BATCH_ROWS))
 
 
 WAYS: dict[str, Callable[[SQLiteStore, int], int]] = {"per batch": sweep_per_batch, "once": sweep_once}
