@@ -276,7 +276,7 @@ def activations(
             str(item["http_status"]),
             f"{item['duration_ms']:.2f}",
             str(item["billed_ms"]),
-            "yes" if item["cold"] else "no",
+            (item.get("cold_detail") or "yes") if item["cold"] else "no",  # how it started: fork, spawn
             f"{item['memory_mb']} MiB",
             f"{item['error_type']}: {item['error_message']}" if item["error_type"] else "",
         )

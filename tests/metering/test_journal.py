@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from tidal.metering.folder import fold_segment
 from tidal.metering.journal import ActivationJournal, read_segment, replay, segments
 from tidal.metering.recorder import ActivationRecorder
 from tidal.store import Activation, SQLiteStore
@@ -107,6 +108,21 @@ def test_records_of_other_tidal_versions_still_replay(tmp_path: Path, store: SQL
     assert store.activation("j00001") == record(1)
     assert store.activation("j00002") == msgspec.structs.replace(record(2), job="", gpus=0.0)
     assert segments(folder) == []
+
+
+def test_a_finished_segment_of_the_release_before_cold_detail_is_stored_and_counted(
+    tmp_path: Path, store: SQLiteStore
+) -> None:
+    """Finished by a gateway of the release before ``cold_detail`` (one field fewer a record): the
+    one decode of the whole segment fails, the records are read one by one with the default."""
+    cold = msgspec.structs.replace(record(1), cold=True)
+    older = [msgspec.structs.astuple(item)[:-1] for item in (cold, record(2))]
+    path = tmp_path / f"{1:020d}-1-000001.jnl2"
+    path.write_bytes(segment(*(msgspec.msgpack.encode(item) for item in older)))
+    answer = fold_segment(path, store.add_activation_rows)
+    assert answer.stored and store.activation("j00001") == cold and store.activation("j00002") == record(2)
+    ((_, _, counted),) = answer.counts
+    assert counted.calls == {"ok": 2} and counted.cold_starts == {"unknown": 1}  # its kind was not kept
 
 
 def test_a_record_of_the_wrong_shape_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:

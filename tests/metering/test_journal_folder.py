@@ -1,6 +1,7 @@
-"""The journal folder: a process of its own stores the journal's segments; ``flush`` returns once
-what was recorded before it is stored; a folder killed with SIGKILL loses nothing and is started
-again; a store that refuses a segment leaves it for the next flush."""
+"""The journal folder: a process of its own stores the journal's segments and counts their records
+for /metrics; ``flush`` returns once what was recorded before it is stored and counted; a folder
+killed with SIGKILL loses nothing and is started again; a store that refuses a segment leaves it
+for the next flush, and its records are counted once."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tidal.metering import folder as folder_process
+from tidal.metering.folder import FoldAnswer
 from tidal.metering.folding import FolderExited, JournalFolder
 from tidal.metering.journal import ActivationJournal, segments
 from tidal.metering.recorder import ActivationRecorder
+from tidal.observability.stats import InvocationStats
 from tidal.store import Activation, SQLiteStore
 from tidal.store.models import ActivationRow
 
@@ -37,6 +41,8 @@ async def test_the_folder_process_stores_segments_and_a_killed_one_loses_nothing
     journal = ActivationJournal(tmp_path / "journal")
     folder = JournalFolder(str(database), store.add_activation_rows)
     recorder = ActivationRecorder(store, journal=journal, folder=folder)
+    stats = InvocationStats()
+    recorder.count_into(stats)
     running = asyncio.create_task(folder.run())
     try:
         for number in range(100):
@@ -67,6 +73,9 @@ async def test_the_folder_process_stores_segments_and_a_killed_one_loses_nothing
         recorder.record(record(300))
         await recorder.flush()
         assert store.activation("f00300") == record(300)
+        # Counted by the folder process, by the gateway while none ran: each record once.
+        series = stats.revisions[("echo", "echo-00001")]
+        assert series.calls == {"ok": 301} and series.billed_ms == 2 * 301 and sum(series.counts) == 301
     finally:
         running.cancel()
         with pytest.raises((asyncio.CancelledError, FolderExited)):
@@ -87,25 +96,64 @@ class RefusingStore:
         self.stored.extend(rows)
 
 
+class Answers:
+    """The folder's stdout: its answers, read back."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+
+    def read(self) -> list[FoldAnswer]:
+        lines = self.buffer.getvalue().splitlines()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return [msgspec.json.decode(line, type=FoldAnswer) for line in lines]
+
+
 def test_a_refused_segment_is_answered_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = ActivationJournal(tmp_path / "journal")
+    failed_cold = msgspec.structs.replace(record(2), status="error", cold=True, cold_detail="fork")
     journal.append(record(1))
+    journal.append(failed_cold)
     (path,) = journal.rotate()
     store = RefusingStore()
     monkeypatch.setenv(folder_process.STORE_ENV, str(tmp_path / "unused.db"))
     monkeypatch.setattr(folder_process, "open_folder_store", lambda location: store)
-    answers = io.StringIO()
+    answers = Answers()
     monkeypatch.setattr(sys, "stdout", answers)
     folder_process.serve([f"{path}\n"])
-    assert answers.getvalue() == f"! {path} OSError: database is locked\n"
+    (refused,) = answers.read()
+    assert (refused.path, refused.stored, refused.why) == (str(path), False, "OSError: database is locked")
+    ((function, revision, counted),) = refused.counts  # counted all the same: the calls happened
+    assert (function, revision, counted.calls, counted.cold_starts) == (
+        "echo", "echo-00001", {"ok": 1, "error": 1}, {"fork": 1}
+    )  # fmt: skip
     assert path.exists()  # kept: the gateway sends it again with its next flush
     store.refuse = False
-    answers.truncate(0)
-    answers.seek(0)
     folder_process.serve([f"{path}\n", f"{path}\n"])  # twice: the second finds it stored already
-    assert answers.getvalue() == f"+ {path}\n+ {path}\n"
-    assert [Activation(*row) for row in store.stored] == [record(1)]
+    stored, again = answers.read()
+    assert (stored.stored, stored.counts) == (True, refused.counts)
+    assert (again.stored, again.counts) == (True, [])
+    assert [Activation(*row) for row in store.stored] == [record(1), failed_cold]
     assert not path.exists()
+
+
+async def test_the_gateway_counts_a_refused_then_stored_segment_once(tmp_path: Path) -> None:
+    """The gateway adds a segment's counts with its first answer, refused or not, and never again."""
+    journal = ActivationJournal(tmp_path / "journal")
+    for number in range(3):
+        journal.append(record(number))
+    (path,) = journal.rotate()
+    store = RefusingStore()
+    folder = JournalFolder("unused", store.add_activation_rows)  # not started: folds here
+    stats = InvocationStats()
+    folder.counted = stats.add
+    await folder.fold([path])  # refused: counted, kept
+    assert stats.revisions[("echo", "echo-00001")].calls == {"ok": 3} and path.exists()
+    await folder.fold([])  # sent again (refused again)
+    store.refuse = False
+    await folder.fold([])  # stored at last
+    assert stats.revisions[("echo", "echo-00001")].calls == {"ok": 3}
+    assert not path.exists() and len(store.stored) == 3
 
 
 def test_a_fold_runs_with_the_cycle_collector_paused_and_resumes_it(
@@ -123,7 +171,7 @@ def test_a_fold_runs_with_the_cycle_collector_paused_and_resumes_it(
     monkeypatch.setattr(store, "add_activation_rows", add)
     monkeypatch.setenv(folder_process.STORE_ENV, str(tmp_path / "unused.db"))
     monkeypatch.setattr(folder_process, "open_folder_store", lambda location: store)
-    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stdout", Answers())
     journal = ActivationJournal(tmp_path / "journal")
     journal.append(record(1))
     (path,) = journal.rotate()
@@ -142,10 +190,14 @@ async def test_a_segment_the_disk_cannot_hold_leaves_records_in_memory(tmp_path:
     recorder = ActivationRecorder(
         store, journal=journal, folder=JournalFolder(str(database), store.add_activation_rows)
     )
+    stats = InvocationStats()
+    recorder.count_into(stats)
     recorder.record(record(1))  # preallocation fails: kept in memory, stored by the gateway
     assert segments(tmp_path / "journal") == []
+    assert stats.revisions[("echo", "echo-00001")].calls == {"ok": 1}  # counted as it is kept
     await recorder.flush()
     assert store.activation("f00001") == record(1)
+    assert stats.revisions[("echo", "echo-00001")].calls == {"ok": 1}  # and only then
     journal.close()
     store.close()
 
@@ -165,6 +217,8 @@ async def test_journaled_records_wait_for_the_fold_interval_and_a_flush(tmp_path
         assert store.activations("echo") == [] and len(segments(tmp_path / "journal")) == 1
         await recorder.flush()
         assert store.activation("f00001") == record(1)
+        # A reader's flush (a /metrics scrape) restarts the wait: the next fold is a whole interval away.
+        assert 59 < recorder.next_flush_in() <= 60 and not recorder.flush_due()
     finally:
         writer.cancel()
         journal.close()

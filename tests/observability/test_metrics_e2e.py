@@ -45,6 +45,7 @@ def deploy(server: TidalServer, write_module, name: str) -> None:  # type: ignor
 
 def test_metrics_count_cold_warm_and_failed_calls(tidal_server: TidalServer, write_module) -> None:  # type: ignore[no-untyped-def]
     deploy(tidal_server, write_module, "obs_counted")
+    admin = {"authorization": f"Bearer {tidal_server.admin_key}"}
     cold = tidal_server.client.post("/fn/obs_counted", json={"n": 1})
     warm = tidal_server.client.post("/fn/obs_counted", json={"n": 2})
     failed = tidal_server.client.post("/fn/obs_counted", json={"fail": True})
@@ -52,8 +53,10 @@ def test_metrics_count_cold_warm_and_failed_calls(tidal_server: TidalServer, wri
     assert cold.headers["x-tidal-cold-start"] == "1" and warm.headers["x-tidal-cold-start"] == "0"
     revision = cold.headers["x-tidal-revision"]
     kind = cold.headers["x-tidal-cold-start-detail"]  # fork | template-built | spawn
+    record = tidal_server.client.get(f"/v1/activations/{cold.headers['x-tidal-activation']}")
+    assert (record.json()["cold"], record.json()["cold_detail"]) == (True, kind)  # what /metrics counts
 
-    samples = scrape(tidal_server, authorization=f"Bearer {tidal_server.admin_key}")
+    samples = scrape(tidal_server, authorization=admin["authorization"])
     series = {"function": "obs_counted", "revision": revision}
     assert value(samples, "tidal_invocations_total", **series, status="ok") == 2
     assert value(samples, "tidal_invocations_total", **series, status="error") == 1

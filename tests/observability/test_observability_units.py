@@ -4,7 +4,9 @@ and the tracing wrapper (with the SDK's in-memory exporter)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,7 +17,7 @@ from tidal.invoke.request import InvocationRequest, RequestContext, Trigger
 from tidal.jobs.model import TRIGGER_HEADER, JobSettings, new_job
 from tidal.observability.job_reads import JobCounts, JobReader
 from tidal.observability.metrics import GatewayCollector, PoolView, Snapshot
-from tidal.observability.stats import InvocationStats, quantile
+from tidal.observability.stats import InvocationStats, RevisionSeries, quantile
 from tidal.observability.switch import metering_switch
 from tidal.observability.tracing import InvocationTracer, traces_url
 from tidal.observability.wiring import activation_writer
@@ -23,10 +25,11 @@ from tidal.router.pool import ScalingEvent
 from tidal.store.models import Activation, TriggerRecord
 
 
-def record(duration_ms: float, status: str = "ok", cold: bool = False) -> Activation:
+def record(duration_ms: float, status: str = "ok", cold_detail: str = "") -> Activation:
     return Activation(
         id="a1", function="embed", revision="embed-00002", instance="i1", start=0.0, duration_ms=duration_ms,
-        billed_ms=max(1, int(duration_ms)), memory_mb=128, cold=cold, status=status, http_status=200,
+        billed_ms=max(1, int(duration_ms)), memory_mb=128, cold=bool(cold_detail), status=status,
+        http_status=200, cold_detail=cold_detail,
     )  # fmt: skip
 
 
@@ -35,7 +38,7 @@ def test_stats_count_by_status_bucket_and_cold_kind() -> None:
     stats.observe(record(0.5))  # <= 1 ms
     stats.observe(record(1.0))  # exactly on the bound: `le` includes it
     stats.observe(record(50.0, status="error"))
-    stats.observe(record(2500.0, cold=True), "fork")  # past every bound: +Inf
+    stats.observe(record(2500.0, cold_detail="fork"))  # past every bound: +Inf
     series = stats.revisions[("embed", "embed-00002")]
     assert series.calls == {"ok": 3, "error": 1}
     assert series.counts == [2, 0, 1, 1]
@@ -47,11 +50,30 @@ def test_stats_count_by_status_bucket_and_cold_kind() -> None:
     assert stats.scale_events == {("embed", "embed-00002", "up"): 1, ("embed", "embed-00002", "down"): 1}
 
 
-def test_recording_counts_then_hands_the_record_on() -> None:
-    stats, written = InvocationStats(), []
-    recording = stats.recording(written.append, lambda activation: "spawn")
-    recording(record(3.0, cold=True))
-    assert len(written) == 1 and stats.revisions[("embed", "embed-00002")].cold_starts == {"spawn": 1}
+def test_counts_made_elsewhere_and_sent_as_json_add_up_to_counting_here() -> None:
+    """The journal folder counts each segment's rows and sends them (as JSON) to the gateway, which
+    adds them: the sum is what counting every record in one place gives."""
+    activations = [record(0.3), record(7.0, "error"), record(900.0, cold_detail="spawn"), record(0.4)]
+    activations.append(msgspec.structs.replace(record(2.0), revision="embed-00003"))
+    rows = [msgspec.structs.astuple(activation) for activation in activations]
+    here = InvocationStats()
+    here.count_rows(rows)
+    gateway = InvocationStats()
+    for segment in (rows[:2], rows[2:]):
+        folder = InvocationStats()
+        folder.count_rows(segment)
+        sent = msgspec.json.encode(folder.series())
+        gateway.add(msgspec.json.decode(sent, type=list[tuple[str, str, RevisionSeries]]))
+    assert gateway.revisions.keys() == here.revisions.keys()
+    for key, series in here.revisions.items():  # the seconds summed in another order: not bit for bit
+        assert gateway.revisions[key].total_s == pytest.approx(series.total_s)
+        assert dataclasses.replace(gateway.revisions[key], total_s=0.0) == dataclasses.replace(
+            series, total_s=0.0
+        )
+    assert gateway.revisions[("embed", "embed-00002")].calls == {"ok": 3, "error": 1}
+    assert gateway.revisions[("embed", "embed-00002")].cold_starts == {"spawn": 1}
+    with pytest.raises(ValueError, match="3 duration buckets"):
+        gateway.add([("embed", "embed-00002", RevisionSeries([0, 0, 1]))])
 
 
 def test_quantile_interpolates_inside_the_bucket() -> None:

@@ -226,7 +226,7 @@ class Invoker:
         queue_shortened = budget < pool.spec.timeout - QUEUE_SLACK_S
         outcome = await self._call(request, activation, deadline, pool, client, queue_shortened)
         if activation.cold:  # how the instance it waited for started: x-tidal-cold-start-detail
-            outcome.cold_detail = client.handle.extra.get(COLD_START_DETAIL, "")
+            outcome.cold_detail = activation.cold_detail = str(client.handle.extra.get(COLD_START_DETAIL, ""))
         return outcome
 
     async def _call(

@@ -6,8 +6,10 @@ Run by the gateway as ``python -m tidal.metering.folder`` (tidal.metering.foldin
 restarts it). Protocol, one line each way per segment, in order:
 
 * gateway -> folder: the segment's absolute path;
-* folder -> gateway: ``+ PATH`` once its records are stored and the file deleted, or ``! PATH why``
-  when the store refused them (the file stays; the gateway sends it again later).
+* folder -> gateway: a ``FoldAnswer`` as JSON: stored (its records are in the store and the file
+  is deleted) or refused with why (the file stays; the gateway sends it again later), and in both
+  cases the counts of its records for /metrics (tidal.observability.stats), so that the gateway
+  counts nothing per request. The gateway adds a segment's counts once, however often it is sent.
 
 Storing is idempotent (INSERT OR REPLACE by activation id) and a missing file was already stored
 (segments are deleted only after that), so a segment folded twice, by this process and by a
@@ -30,7 +32,10 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tidal.metering.journal import store_segment
+import msgspec
+
+from tidal.metering.journal import read_segment, store_rows
+from tidal.observability.stats import InvocationStats, RevisionSeries
 from tidal.store.models import ActivationRow
 from tidal.store.open import open_store
 from tidal.store.protocols import ActivationStore
@@ -39,19 +44,45 @@ from tidal.store.sqlite import SQLiteStore
 log = logging.getLogger("tidal.metering.folder")
 
 STORE_ENV = "TIDAL_FOLDER_STORE"
-FOLDED, REFUSED = "+", "!"
 NICENESS = 5  # under a saturated CPU the hot path goes first; folding waits (and batches grow)
 
 
-def fold_segment(path: Path, store: Callable[[list[ActivationRow]], None]) -> int:
-    """Store the records of the segment at ``path`` and delete it; how many it held (0 when the
-    file is gone: someone folded it already). ``store``: the store's ``add_activation_rows``."""
+class FoldAnswer(msgspec.Struct, omit_defaults=True):
+    """What became of one journal segment: the folder's answer line (JSON), or the gateway's own
+    fold when no folder runs."""
+
+    path: str
+    stored: bool  # its records are in the store and the file is gone; False: refused, kept
+    why: str = ""  # refused: what the store (or reading the file) said
+    # Its records counted for /metrics, per (function, revision). Empty when the file was already
+    # gone (folded before: its counts went with that answer) or could not be read.
+    counts: list[tuple[str, str, RevisionSeries]] = []
+
+
+def fold_segment(path: Path, store: Callable[[list[ActivationRow]], None]) -> FoldAnswer:
+    """Store the records of the segment at ``path`` and delete it, counting them. Refused (the file
+    kept, to be sent again) when the store fails or the file cannot be read; never raises.
+    ``store``: the store's ``add_activation_rows``."""
     try:
-        stored = store_segment(path, store)
+        rows = read_segment(path)
     except FileNotFoundError:
-        return 0
+        return FoldAnswer(str(path), stored=True)  # someone folded it already
+    except Exception as exc:
+        log.exception("reading %s failed", path)
+        return FoldAnswer(str(path), stored=False, why=_why(exc))
+    counted = InvocationStats()
+    counted.count_rows(rows)
+    try:
+        store_rows(rows, store)
+    except Exception as exc:  # the store is down or locked
+        log.exception("storing the records of %s failed", path)
+        return FoldAnswer(str(path), stored=False, why=_why(exc), counts=counted.series())
     path.unlink(missing_ok=True)
-    return stored
+    return FoldAnswer(str(path), stored=True, counts=counted.series())
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def open_folder_store(location: str) -> ActivationStore:
@@ -77,21 +108,16 @@ def collector_paused() -> Iterator[None]:
 def serve(lines: list[str] | None = None) -> int:
     """Fold each segment named on stdin, answering on stdout; returns at end of input."""
     store = open_folder_store(os.environ[STORE_ENV])
+    encode, out = msgspec.json.Encoder().encode, sys.stdout.buffer
     try:
         for line in sys.stdin if lines is None else lines:
             name = line.rstrip("\n")
             if not name:
                 continue
-            try:
-                with collector_paused():
-                    fold_segment(Path(name), store.add_activation_rows)
-            except Exception as exc:  # the store is down or locked: the gateway retries later
-                log.exception("folding %s failed", name)
-                answer = f"{REFUSED} {name} {type(exc).__name__}: {exc}".replace("\n", " ")
-            else:
-                answer = f"{FOLDED} {name}"
-            sys.stdout.write(answer + "\n")
-            sys.stdout.flush()
+            with collector_paused():
+                answer = fold_segment(Path(name), store.add_activation_rows)
+            out.write(encode(answer) + b"\n")  # JSON escapes newlines: one line an answer
+            out.flush()
     finally:
         close = getattr(store, "close", None)
         if close is not None:

@@ -18,7 +18,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tidal.metering.folder import FOLDED, REFUSED, STORE_ENV, fold_segment
+import msgspec
+
+from tidal.metering.folder import STORE_ENV, FoldAnswer, fold_segment
+from tidal.observability.stats import RevisionSeries
 from tidal.store.models import ActivationRow
 from tidal.store.open import DATABASE
 
@@ -38,6 +41,9 @@ class JournalFolder:
         self._process: asyncio.subprocess.Process | None = None
         self._waiting: dict[str, asyncio.Future[None]] = {}  # sent, not yet answered (in order)
         self._refused: list[str] = []  # the store refused them: sent again with the next fold
+        # Where each segment's counts go (InvocationStats.add); None: not counted (metrics off).
+        self.counted: Callable[[list[tuple[str, str, RevisionSeries]]], None] | None = None
+        self._counted_unstored: set[str] = set()  # refused segments whose counts were added
 
     @property
     def running(self) -> bool:
@@ -89,20 +95,32 @@ class JournalFolder:
 
     async def _answers(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
+        decode = msgspec.json.Decoder(FoldAnswer).decode
         while line := await process.stdout.readline():
-            mark, _, rest = line.decode().rstrip("\n").partition(" ")
-            if mark == REFUSED:
-                name, _, why = rest.partition(" ")
-                log.error("the journal folder could not store %s (%s); trying again later", name, why)
-                self._refused.append(name)
-            elif mark != FOLDED:
+            try:
+                answer = decode(line)
+            except msgspec.DecodeError:
                 log.error("the journal folder said %r", line[:200])
                 continue
-            else:
-                name = rest
-            future = self._waiting.pop(name, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._settle(answer)
+
+    def _settle(self, answer: FoldAnswer) -> None:
+        """Take one segment's answer: count its records once, keep it for the next fold if refused,
+        and wake whoever waits for it."""
+        name = answer.path
+        if name in self._counted_unstored:  # counted when it was refused before
+            if answer.stored:
+                self._counted_unstored.discard(name)
+        elif answer.counts and self.counted is not None:
+            self.counted(answer.counts)
+            if not answer.stored:
+                self._counted_unstored.add(name)
+        if not answer.stored:
+            log.error("the journal folder could not store %s (%s); trying again later", name, answer.why)
+            self._refused.append(name)
+        future = self._waiting.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def _end(self, process: asyncio.subprocess.Process) -> None:
         """Stop: no more input; the folder answers what it holds and exits (or is killed)."""
@@ -119,14 +137,7 @@ class JournalFolder:
 
     async def _fold_here(self, names: list[str]) -> None:
         for name in names:
-            try:
-                await asyncio.to_thread(fold_segment, Path(name), self.store_here)
-            except Exception:
-                log.exception("folding %s failed; trying again at the next flush", name)
-                self._refused.append(name)
-            future = self._waiting.pop(name, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._settle(await asyncio.to_thread(fold_segment, Path(name), self.store_here))
 
 
 def folder_store_location(state_url: str | None, state_dir: Path) -> str:

@@ -271,6 +271,11 @@ def replay(folder: Path, store: Callable[[list[ActivationRow]], None], keep: Pat
 def store_segment(path: Path, store: Callable[[list[ActivationRow]], None]) -> int:
     """Store the records of the segment at ``path`` (FileNotFoundError when it is gone); how many."""
     rows = read_segment(path)
+    store_rows(rows, store)
+    return len(rows)
+
+
+def store_rows(rows: list[ActivationRow], store: Callable[[list[ActivationRow]], None]) -> None:
+    """Store ``rows`` (a segment's) in batches of ``REPLAY_BATCH``."""
     for start in range(0, len(rows), REPLAY_BATCH):
         store(rows[start : start + REPLAY_BATCH])
-    return len(rows)

@@ -16,12 +16,16 @@ memory, and ``flush`` hands the finished segment to the folder process, which st
 of inserting in a thread of the gateway (the store's insert is most of what a record costs). A
 record whose journal write failed is kept in memory and stored from here, as without a folder.
 
-Journaled records are safe on disk, so they are folded every ``FOLD_INTERVAL_S`` rather than
-every ``interval_s``: readers that must see every answered call flush first, whatever the
-interval, and on a busy machine each fold slows the serving processes by more than its own CPU
-time (measured: with the folder stopped, the gateway's CPU per request fell back near metering
-off), so fewer, larger folds cost the warm path less (docs/metering.md). Records held in memory
-(no journal, or its write failed) are still written every ``interval_s``.
+/metrics counts the records as they are stored (``count_into``): the folder counts each segment it
+folds, and a record kept in memory is counted as it is made.
+
+Journaled records are safe on disk, so they are folded ``FOLD_INTERVAL_S`` after the last flush
+rather than every ``interval_s``: readers that must see every answered call flush first (a
+/metrics scrape too, which so restarts the wait), whatever the interval, and on a busy machine
+each fold slows the serving processes by more than its own CPU time (measured: with the folder
+stopped, the gateway's CPU per request fell back near metering off), so fewer, larger folds cost
+the warm path less (docs/metering.md). Records held in memory (no journal, or its write failed)
+are still written every ``interval_s``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from tidal.metering.folding import JournalFolder
 from tidal.metering.journal import ActivationJournal
 from tidal.store.models import Activation
 from tidal.store.protocols import ActivationStore
+
+if TYPE_CHECKING:
+    from tidal.observability.stats import InvocationStats
 
 log = logging.getLogger("tidal.metering")
 
@@ -70,14 +78,21 @@ class BatchedWriter(ABC, Generic[Item]):
         """Seconds until the next flush, unless a full batch wakes it sooner."""
         return self.interval_s
 
+    def flush_due(self) -> bool:
+        """Whether the wait for ``next_flush_in()`` that just ended calls for a flush: not when a
+        reader flushed meanwhile and the next one is not due yet."""
+        return True
+
     async def run(self) -> None:
         """Flush every ``next_flush_in()`` s (or when a batch is full); runs under the gateway's
         supervisor."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.next_flush_in())
+            woken = self._wake.is_set()  # a full batch
             self._wake.clear()
-            await self.flush()
+            if woken or self.flush_due():
+                await self.flush()
 
     @abstractmethod
     async def flush(self) -> None:
@@ -97,28 +112,47 @@ class ActivationRecorder(BatchedWriter[Activation]):
         self.folder = folder if journal is not None else None  # folds the journal's segments
         self._finished_segments: list[Path] = []  # journal segments whose records await the store
         self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
+        self.stats: InvocationStats | None = None  # /metrics counts (count_into); None: not counted
+        self._flushed_at = time.monotonic()
+
+    def count_into(self, stats: InvocationStats) -> None:
+        """Count every record in ``stats`` (for /metrics) as it is stored or kept in memory."""
+        self.stats = stats
+        if self.folder is not None:
+            self.folder.counted = stats.add
 
     def record(self, activation: Activation) -> None:
-        if self.journal is None:
-            self._append(activation)
-        elif not self.journal.append(activation) or self.folder is None:
-            self._append(activation)  # not journaled (disk full), or stored from here
+        """Journal one record before its answer is sent: the only work metering does per call."""
+        journal = self.journal
+        if journal is not None and journal.append(activation) and self.folder is not None:
+            return  # the folder stores and counts it
+        self._append(activation)  # no journal, not journaled (disk full), or stored from here
+        if self.stats is not None:
+            self.stats.observe(activation)
 
     def next_flush_in(self) -> float:
-        """``fold_interval_s`` while a folder stores the records from the journal; ``interval_s``
-        while records go to memory (no folder or no journal, or its write fails), where a killed
-        gateway would lose them. (The wait under way when the journal starts failing still ends
-        at ``fold_interval_s``.)"""
-        journal = self.journal
-        if self.folder is None or journal is None or journal.failing or self._pending:
+        """What is left of ``fold_interval_s`` since the last flush while a folder stores the
+        records from the journal; ``interval_s`` while records go to memory (no folder or no
+        journal, or its write fails), where a killed gateway would lose them. (The wait under way
+        when the journal starts failing still ends at ``fold_interval_s``.)"""
+        if self._in_memory():
             return self.interval_s
-        return self.fold_interval_s
+        return max(0.0, self._flushed_at + self.fold_interval_s - time.monotonic())
+
+    def flush_due(self) -> bool:
+        return self._in_memory() or self.next_flush_in() <= 0.0
+
+    def _in_memory(self) -> bool:
+        """Records wait in memory, not (only) in the journal for the folder."""
+        journal = self.journal
+        return self.folder is None or journal is None or journal.failing or bool(self._pending)
 
     def reject(self, function: str, at: float) -> None:
         """Count one 429 of ``function`` at ``at`` (epoch s) in its minute: 125.0 -> minute 120."""
         self._rejections[(function, int(at // 60) * 60)] += 1
 
     async def flush(self) -> None:
+        self._flushed_at = time.monotonic()
         await self._flush_rejections()
         if self.folder is not None and self.journal is not None:
             # Returns once every segment finished so far is stored (or kept for the next flush).

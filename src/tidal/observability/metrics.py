@@ -1,7 +1,8 @@
 """``GET /metrics``: the Prometheus text format, from a registry of this gateway's own.
 
-Counters and the duration histogram come from ``InvocationStats`` (counted on the hot path, as
-records are made). Gauges are read at scrape time: the router's pools (instances ready, starting
+Counters and the duration histogram come from ``InvocationStats`` (counted from the activation
+records as they are stored: a scrape flushes the recorder first, so it counts every call answered
+before it). Gauges are read at scrape time: the router's pools (instances ready, starting
 and desired, queue depth, in flight) on the event loop, jobs and triggers from the state dir in a
 worker thread. Nothing is computed for metrics between scrapes.
 """
@@ -283,6 +284,7 @@ class MetricsEndpoint:
             self.registry = CollectorRegistry(auto_describe=False)
             self.registry.register(self.collector)
         assert self.collector is not None
+        await self.platform.recorder.flush()  # the records journaled so far, stored and counted
         self.collector.snapshot = await self.snapshot()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

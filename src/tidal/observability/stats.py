@@ -1,24 +1,45 @@
-"""Invocation counts kept on the hot path: one dict lookup and a few integer additions per record.
+"""Invocation counts for /metrics, counted from the activation records as they are stored.
 
-The gateway observes every activation record here (the Invoker's ``record`` callback is wrapped);
-nothing is formatted until a scrape asks. Counts never go down while the gateway runs, as
-Prometheus counters must; they start from zero with each gateway process.
+The journal folder (tidal.metering.folder) counts the records of each segment it folds and sends
+the counts back with its answer (``count_rows`` then ``series``); the gateway adds them here
+(``add``). So the request path counts nothing: it only journals the record, which it must do
+anyway. A scrape flushes the recorder first, so it sees every call answered before it. Records
+kept in memory (no journal, or its write failed) are counted as they are made (``observe``).
+Counts never go down while the gateway runs, as Prometheus counters must; they start from zero
+with each gateway process (records replayed from an earlier one's journal are not counted).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import groupby
+from operator import itemgetter
+from typing import TYPE_CHECKING
 
-from tidal.router.pool import ScalingEvent
-from tidal.store.models import Activation
+from msgspec.structs import astuple
+
+from tidal.store.models import Activation, ActivationRow
+
+if TYPE_CHECKING:
+    from tidal.router.pool import ScalingEvent
 
 # Upper bounds (seconds) of the duration histogram: doubling from 0.25 ms to about 2 minutes, so
 # a warm echo (0.5 ms) and a model load (tens of seconds) both land in a bucket of their own size.
 DURATION_BUCKETS_S: tuple[float, ...] = tuple(0.00025 * 2**step for step in range(20))
 
 SeriesKey = tuple[str, str]  # (function, revision)
+
+# Where a row (an Activation's fields in order, as the journal folder reads them) holds what is counted.
+_COLUMN = {name: index for index, name in enumerate(Activation.__struct_fields__)}
+_REVISION = itemgetter(_COLUMN["function"], _COLUMN["revision"])
+_STATUS, _DURATION_MS, _BILLED_MS = (
+    itemgetter(_COLUMN[name]) for name in ("status", "duration_ms", "billed_ms")
+)
+_COLD, _COLD_DETAIL = itemgetter(_COLUMN["cold"]), itemgetter(_COLUMN["cold_detail"])
 
 
 @dataclass
@@ -39,39 +60,70 @@ class InvocationStats:
     revisions: dict[SeriesKey, RevisionSeries] = field(default_factory=dict)
     scale_events: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (fn, revision, up|down)
 
-    def observe(self, activation: Activation, cold_kind: str = "") -> None:
-        """Count one finished invocation (about a microsecond: one dict lookup, a bisect, additions).
-        ``cold_kind``: how its instance started, when it was cold."""
-        key = (activation.function, activation.revision)
-        series = self.revisions.get(key)
-        if series is None:
-            series = self.revisions[key] = RevisionSeries([0] * (len(self.bounds) + 1))
-        calls = series.calls
-        calls[activation.status] = calls.get(activation.status, 0) + 1
-        seconds = activation.duration_ms / 1000
-        series.counts[bisect_left(self.bounds, seconds)] += 1  # first bound >= seconds: its `le`
-        series.total_s += seconds
-        series.billed_ms += activation.billed_ms
-        if activation.cold:
-            kind = cold_kind or "unknown"
-            series.cold_starts[kind] = series.cold_starts.get(kind, 0) + 1
+    def observe(self, activation: Activation) -> None:
+        """Count one finished invocation (a record the journal could not take)."""
+        self.count_rows((astuple(activation),))
+
+    def count_rows(self, rows: Sequence[ActivationRow]) -> None:
+        """Count finished invocations from their records as rows (Activation's fields in order)."""
+        keys = list(map(_REVISION, rows))
+        if not keys:
+            return
+        bounds_ms = [bound * 1000 for bound in self.bounds]
+        if keys.count(keys[0]) == len(keys):  # a segment usually holds one revision's records
+            self.add([(*keys[0], tally(rows, bounds_ms))])
+            return
+        by_revision = sorted(rows, key=_REVISION)  # a stable sort: C loops, no Python code a row
+        self.add(
+            (function, revision, tally(list(group), bounds_ms))
+            for (function, revision), group in groupby(by_revision, _REVISION)
+        )
+
+    def series(self) -> list[tuple[str, str, RevisionSeries]]:
+        """What was counted, per (function, revision): what the journal folder sends the gateway."""
+        return [(function, revision, series) for (function, revision), series in self.revisions.items()]
+
+    def add(self, counted: Iterable[tuple[str, str, RevisionSeries]]) -> None:
+        """Add counts made elsewhere (``series`` of the journal folder's count of a segment)."""
+        for function, revision, other in counted:
+            if len(other.counts) != len(self.bounds) + 1:
+                raise ValueError(
+                    f"{len(other.counts)} duration buckets, this histogram has {len(self.bounds) + 1}"
+                )
+            key = (function, revision)
+            series = self.revisions.get(key) or self._new_series(key)
+            series.counts = [mine + theirs for mine, theirs in zip(series.counts, other.counts, strict=True)]
+            series.total_s += other.total_s
+            series.billed_ms += other.billed_ms
+            for status, calls in other.calls.items():
+                series.calls[status] = series.calls.get(status, 0) + calls
+            for kind, starts in other.cold_starts.items():
+                series.cold_starts[kind] = series.cold_starts.get(kind, 0) + starts
+
+    def _new_series(self, key: SeriesKey) -> RevisionSeries:
+        series = self.revisions[key] = RevisionSeries([0] * (len(self.bounds) + 1))
+        return series
 
     def observe_scaling(self, event: ScalingEvent) -> None:
         direction = "up" if event.to_count > event.from_count else "down"
         key = (event.function, event.revision, direction)
         self.scale_events[key] = self.scale_events.get(key, 0) + 1
 
-    def recording(
-        self, record: Callable[[Activation], None], cold_kind: Callable[[Activation], str]
-    ) -> Callable[[Activation], None]:
-        """``record`` (the activation writer), counting each record here first."""
-        observe = self.observe
 
-        def record_and_count(activation: Activation) -> None:
-            observe(activation, cold_kind(activation) if activation.cold else "")
-            record(activation)
-
-        return record_and_count
+def tally(rows: Sequence[ActivationRow], bounds_ms: Sequence[float]) -> RevisionSeries:
+    """What ``rows`` (of one revision) count. The journal folder counts every record, thousands a
+    segment: each step here is a loop in C (bisect, Counter, map, itemgetter), no Python code a
+    row. Still about 3,900 instructions a record (callgrind): a tenth of what storing it costs."""
+    durations = list(map(_DURATION_MS, rows))
+    # A call's bucket: the first bound at or above its duration (its `le`); past them all, the last.
+    buckets = Counter(map(partial(bisect_left, bounds_ms), durations))
+    counts = [buckets.get(index, 0) for index in range(len(bounds_ms) + 1)]
+    cold_starts = Counter(map(_COLD_DETAIL, filter(_COLD, rows)))
+    if "" in cold_starts:  # a backend that does not say how its instances start
+        cold_starts["unknown"] = cold_starts.pop("")
+    calls = Counter(map(_STATUS, rows))
+    total_s = sum(durations) / 1000
+    return RevisionSeries(counts, total_s, dict(calls), sum(map(_BILLED_MS, rows)), dict(cold_starts))
 
 
 def quantile(bounds: Sequence[float], counts: Sequence[float], q: float) -> float | None:

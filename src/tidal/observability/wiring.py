@@ -1,9 +1,10 @@
-"""Attach metrics and traces to a gateway's Platform: its Invoker's ``record`` callback counts each
-activation record first, the autoscaler's events are counted, and (when configured) ``invoke``
-runs inside a span.
+"""Attach metrics and traces to a gateway's Platform: its activation recorder counts each record as
+it is stored (tidal.observability.stats), the autoscaler's events are counted, and (when
+configured) ``invoke`` runs inside a span.
 
 ``TIDAL_METRICS=0`` turns metering (activation records: ``activation_writer``) and metrics off
-together (``TIDAL_METRICS=records``: metrics only). It exists for ``bench/metering_overhead.py``, which
+together (``TIDAL_METRICS=records``: /metrics only; the journal folder still counts what it
+stores, which nothing reads). It exists for ``bench/metering_overhead.py``, which
 measures what they cost the warm path; a gateway run that way bills nothing (or shows no metrics),
 so nothing but a benchmark should use it.
 """
@@ -15,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tidal.backends.base import COLD_START_DETAIL
 from tidal.observability.metrics import MetricsEndpoint
 from tidal.observability.stats import InvocationStats
 from tidal.observability.switch import METRICS_SWITCH, metering_switch
@@ -48,7 +48,7 @@ def observe(platform: Platform, public: bool = False, otel_endpoint: str | None 
     switch = metering_switch()
     if switch == "1":
         stats = InvocationStats()
-        invoker.record = stats.recording(invoker.record, lambda record: cold_start_kind(platform, record))
+        platform.recorder.count_into(stats)
         counted_event, on_event = stats.observe_scaling, platform.autoscaler.on_event
 
         def count_and_record(event: ScalingEvent) -> None:
@@ -82,19 +82,6 @@ def _tracer(endpoint: str | None) -> InvocationTracer | None:
         return None
     log.info("tracing invocations to %s", endpoint or "the OTEL_EXPORTER_OTLP_* endpoint")
     return tracer
-
-
-def cold_start_kind(platform: Platform, activation: Activation) -> str:
-    """How the instance of a cold invocation started (fork, template-built, spawn); "" if it is gone.
-
-    Runs for cold invocations only: a walk over one revision's ready instances.
-    """
-    for pool in platform.router.pools():
-        if pool.revision.id == activation.revision:
-            for client in pool.ready:
-                if client.id == activation.instance:
-                    return str(client.handle.extra.get(COLD_START_DETAIL, ""))
-    return ""
 
 
 def activation_writer(record: Callable[[Activation], None]) -> Callable[[Activation], None]:

@@ -460,6 +460,17 @@ def _limits_and_schemas(connection: sqlite3.Connection) -> None:
     execute_all(connection, SCHEMA_14)
 
 
+# -- 15: how the instance of each cold activation started ------------------------------------------
+
+SCHEMA_15 = """
+ALTER TABLE activations ADD COLUMN cold_detail TEXT NOT NULL DEFAULT ''
+"""
+
+
+def _cold_detail(connection: sqlite3.Connection) -> None:
+    execute_all(connection, SCHEMA_15)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal 0.1.0 schema", _schema_0_1_0),
     Migration(2, "activation key_id and trigger; function settings and traffic", _settings_and_traffic),
@@ -475,6 +486,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "batch size and model of each activation", _batch_size_and_model),
     Migration(13, "HTTP routes by method and path", _routes),
     Migration(14, "rate limits and quotas per key; input schema per revision", _limits_and_schemas),
+    Migration(15, "how the instance of each cold activation started", _cold_detail),
 )
 
 

@@ -100,6 +100,9 @@ class Activation(msgspec.Struct):
     gpus: float = 0.0  # GPUs the instance held (a count, or a share such as 0.5): GPU-s = gpus x billed
     batch_size: int = 0  # batched functions: how many requests shared the call (0: not batched)
     model: str = ""  # multiplexed functions (max_models): the model the request named
+    # How the instance of a cold call started: "fork" (from a warm template), "template-built" (the
+    # template was built for it) or "spawn"; "" for a warm call (or when the backend does not say).
+    cold_detail: str = ""
 
 
 # An Activation as the store inserts it: its fields in order (msgspec.structs.astuple). The journal

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from tidal.store.errors import StoreError
-from tidal.store.migrations import execute_all
+from tidal.store.migrations import SCHEMA_15, execute_all  # step 4 is SQLite's 15
 
 log = logging.getLogger("tidal.store")
 
@@ -309,10 +309,15 @@ def _fleet(connection: psycopg.Connection[Any]) -> None:
     apply_fleet_schema(connection)
 
 
+def _cold_detail(connection: psycopg.Connection[Any]) -> None:
+    execute_all(connection, SCHEMA_15)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tidal's tables as of SQLite schema 14", _schema_1),
     Migration(2, "gateways' heartbeats, change numbers and notifications, shared code bundles", _cluster),
     Migration(3, "the shared Ray fleet's instances and each gateway's demand", _fleet),
+    Migration(4, "how the instance of each cold activation started (SQLite step 15)", _cold_detail),
 )
 
 
