@@ -2,7 +2,8 @@
 
 * on: as shipped (each call's activation record journaled, then stored by the journal folder
   process; counted for /metrics; /metrics scraped every ``--scrape-every`` seconds during the
-  load, as Prometheus would);
+  load, as Prometheus would, each scrape timed: it waits for the records journaled before it to
+  be stored and counted);
 * records: ``TIDAL_METRICS=records`` (records as shipped, no metrics: tells the two costs apart);
 * off: ``TIDAL_METRICS=0`` (no records, no counts: a benchmark-only switch).
 
@@ -90,6 +91,7 @@ class Mode:
     # (the journal folder's, say) costs more throughput than its own CPU time.
     wait_us_per_request: list[float] = field(default_factory=list)
     scrapes: int = 0
+    scrape_ms: list[float] = field(default_factory=list)  # how long each GET /metrics took
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -170,9 +172,11 @@ def sequential(modes: list[Mode], body: bytes, count: int, block: int) -> None:
 def scraping(mode: Mode, every_s: float, stop: threading.Event) -> None:
     """GET /metrics every ``every_s`` s while ``stop`` is unset (the 'on' gateway under load)."""
     while not stop.wait(every_s):
+        began = time.perf_counter()
         status, _ = http_request(mode.port, "GET", "/metrics", headers=mode.headers, timeout=10)
-        if status == 200:
+        if status == 200:  # a scrape stores and counts what was journaled first: it waits for a fold
             mode.scrapes += 1
+            mode.scrape_ms.append((time.perf_counter() - began) * 1000)
 
 
 def throughput(modes: list[Mode], workdir: Path, args: argparse.Namespace, body: bytes) -> None:
@@ -316,6 +320,8 @@ def summary(mode: Mode) -> dict[str, Any]:
         "gateway_wait_us_rounds": [round(value, 1) for value in mode.wait_us_per_request],
         "non_2xx": sum(w.non_2xx for w in mode.wrk),
         "metrics_scrapes": mode.scrapes,
+        "metrics_scrape_p50_ms": median(mode.scrape_ms) if mode.scrape_ms else None,
+        "metrics_scrape_max_ms": max(mode.scrape_ms, default=None),
     }
 
 
@@ -365,7 +371,13 @@ def report(results: dict[str, Any], names: list[str]) -> None:
         )
         print(f"{what:<16} vs off: throughput loss {loss * 100:.1f}%{paired_text}{verdict}; {cpu_text}; "
               f"seq p50 {(row['seq_p50_ms'] - off['seq_p50_ms']) * 1000:+.0f} us")  # fmt: skip
-    print(f"/metrics scraped {results['on']['metrics_scrapes']} times during the 'on' runs")
+    on = results["on"]
+    took = (
+        f", each in {on['metrics_scrape_p50_ms']:.1f} ms (median; longest {on['metrics_scrape_max_ms']:.1f} ms)"
+        if on["metrics_scrapes"]
+        else ""
+    )
+    print(f"/metrics scraped {on['metrics_scrapes']} times during the 'on' runs{took}")
 
 
 def judge(paired: float | None, interval: list[float] | None, loss: float) -> str:
