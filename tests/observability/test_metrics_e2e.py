@@ -3,6 +3,8 @@ warm call and an error; the admin key it needs (or not, with --metrics-public); 
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,6 +57,9 @@ def test_metrics_count_cold_warm_and_failed_calls(tidal_server: TidalServer, wri
     kind = cold.headers["x-tidal-cold-start-detail"]  # fork | template-built | spawn
     record = tidal_server.client.get(f"/v1/activations/{cold.headers['x-tidal-activation']}")
     assert (record.json()["cold"], record.json()["cold_detail"]) == (True, kind)  # what /metrics counts
+    listed = tidal_server.cli("activations", "obs_counted", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(item["cold_detail"] for item in json.loads(listed.stdout)) == ["", "", kind]
 
     samples = scrape(tidal_server, authorization=admin["authorization"])
     series = {"function": "obs_counted", "revision": revision}
