@@ -55,7 +55,8 @@ class FoldAnswer(msgspec.Struct, omit_defaults=True):
     stored: bool  # its records are in the store and the file is gone; False: refused, kept
     why: str = ""  # refused: what the store (or reading the file) said
     # Its records counted for /metrics, per (function, revision). Empty when the file was already
-    # gone (folded before: its counts went with that answer) or could not be read.
+    # gone (folded before: its counts went with that answer, unless a folder died between storing
+    # and answering, whose records are then billed but not in /metrics) or could not be read.
     counts: list[tuple[str, str, RevisionSeries]] = []
 
 
