@@ -70,10 +70,8 @@ class InvocationStats:
         if not keys:
             return
         bounds_ms = [bound * 1000 for bound in self.bounds]
-        if keys.count(keys[0]) == len(keys):  # a segment usually holds one revision's records
-            self.add([(*keys[0], tally(rows, bounds_ms))])
-            return
-        by_revision = sorted(rows, key=_REVISION)  # a stable sort: C loops, no Python code a row
+        # A segment usually holds one revision's records: no sort. Else a stable one, in C.
+        by_revision = rows if keys.count(keys[0]) == len(keys) else sorted(rows, key=_REVISION)
         self.add(
             (function, revision, tally(list(group), bounds_ms))
             for (function, revision), group in groupby(by_revision, _REVISION)
