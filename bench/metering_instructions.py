@@ -4,7 +4,7 @@
 10% or more between identical rounds. This one counts instructions with valgrind's callgrind,
 which gives the same count run after run, so a change to the hot path shows even when it is 1%:
 
-* the gateway process, per request, in each mode (``TIDAL_METRICS`` 1, records, 0: see
+* the gateway process, per request, in each mode (``TIDAL_METRICS`` 1, journal, 0: see
   metering_overhead.py): ``tidal up`` runs under callgrind with instrumentation off until the
   load starts (startup is not counted), then ``--requests`` calls from 16 keep-alive connections;
   its instances, templates and journal folder are started with ``exec`` and run natively;
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HOST, REPO_ROOT, SequentialClient, Server, ServerError, free_port, tidal_bin, write_json
 
 PAYLOAD = {"text": "hello", "n": 1}
-SWITCH = {"on": "1", "records": "records", "off": "0"}  # mode -> TIDAL_METRICS
+SWITCH = {"on": "1", "journal": "journal", "off": "0"}  # mode -> TIDAL_METRICS
 CONNECTIONS = 16
 TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 

@@ -4,8 +4,10 @@
   process; counted for /metrics; /metrics scraped every ``--scrape-every`` seconds during the
   load, as Prometheus would, each scrape timed: it waits for the records journaled before it to
   be stored and counted);
-* records: ``TIDAL_METRICS=records`` (records as shipped, no metrics: tells the two costs apart);
-* off: ``TIDAL_METRICS=0`` (no records, no counts: a benchmark-only switch).
+* journal: ``TIDAL_METRICS=journal`` (each record journaled before its answer, as shipped, but
+  its segment deleted where it would be folded: nothing stored or counted, no /metrics). What
+  the request path costs alone; "on" minus it is what storing and counting the records costs;
+* off: ``TIDAL_METRICS=0`` (no records, no counts). Both are benchmark-only switches.
 
 Three gateways, each with its own state dir, serving examples/echo.py. They take turns, so drift
 on a noisy machine hits all alike: sequential requests on one keep-alive connection in interleaved
@@ -69,13 +71,13 @@ from common import (
 from tidal.metering.recorder import FOLD_INTERVAL_S
 
 PAYLOAD = {"text": "hello", "n": 1}
-SWITCH = {"on": "1", "records": "records", "off": "0"}  # mode -> TIDAL_METRICS
+SWITCH = {"on": "1", "journal": "journal", "off": "0"}  # mode -> TIDAL_METRICS
 TARGET_LOSS = 0.05
 
 
 @dataclass
 class Mode:
-    name: str  # "on" | "records" | "off"
+    name: str  # "on" | "journal" | "off"
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     server: Server | None = None
@@ -111,13 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scrape-every", type=float, default=2.0, help="GET /metrics on 'on' this often (0: never)"
     )
     p.add_argument(
-        "--modes", default="on,records,off", help="which of on, records, off to run (on,off at least)"
+        "--modes", default="on,journal,off", help="which of on, journal, off to run (on,off at least)"
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON here")
     args = p.parse_args(argv)
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not {"on", "off"} <= set(args.modes) <= set(SWITCH):
-        p.error("--modes: a list of on, records, off with on and off in it")
+        p.error("--modes: a list of on, journal, off with on and off in it")
     args.requests = args.requests or (600 if args.quick else 2000)
     args.duration = args.duration or (3.0 if args.quick else 5.0)
     args.rounds = args.rounds or (2 if args.quick else 6)
@@ -141,7 +143,7 @@ def start(mode: Mode, workdir: Path) -> None:
 
 
 def rotated(modes: list[Mode], turn: int) -> list[Mode]:
-    """Each mode goes first, middle and last equally often: on, records, off; records, off, on ..."""
+    """Each mode goes first, middle and last equally often: on, journal, off; journal, off, on ..."""
     shift = turn % len(modes)
     return modes[shift:] + modes[:shift]
 
@@ -365,7 +367,7 @@ def report(results: dict[str, Any], names: list[str]) -> None:
                 + ")"
             )
         )
-        what = "records+metrics" if name == "on" else "records only"
+        what = "records+metrics" if name == "on" else "journal only"
         verdict = (
             "" if name != "on" else f" (target <= {TARGET_LOSS * 100:g}%: {judge(paired, interval, loss)})"
         )

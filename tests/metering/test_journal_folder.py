@@ -253,3 +253,27 @@ async def test_records_kept_in_memory_are_written_every_interval_not_every_fold(
         writer.cancel()
         journal.close()
         store.close()
+
+
+async def test_the_journal_benchmark_switch_deletes_segments_unstored(tmp_path: Path) -> None:
+    """TIDAL_METRICS=journal (``discard_journaled``): records are journaled as ever, and a flush
+    deletes the finished segments instead of storing or counting them; records the journal could
+    not take (kept in memory) are still stored."""
+    database = tmp_path / "tidal.db"
+    store = SQLiteStore(database)
+    journal = ActivationJournal(tmp_path / "journal")
+    folder = JournalFolder(str(database), store.add_activation_rows)  # not started: would fold here
+    recorder = ActivationRecorder(store, journal=journal, folder=folder)
+    stats = InvocationStats()
+    recorder.count_into(stats)
+    recorder.discard_journaled()
+    recorder.record(record(1))
+    assert len(segments(tmp_path / "journal")) == 1
+    await recorder.flush()
+    assert segments(tmp_path / "journal") == [] and store.activations("echo") == [] and not stats.revisions
+    journal.segment_bytes = 1 << 60  # the next segment cannot be made: the record stays in memory
+    recorder.record(record(2))
+    await recorder.flush()
+    assert [activation.id for activation in store.activations("echo")] == ["f00002"]
+    journal.close()
+    store.close()

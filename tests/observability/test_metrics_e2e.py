@@ -4,6 +4,7 @@ warm call and an error; the admin key it needs (or not, with --metrics-public); 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -125,17 +126,36 @@ def test_public_metrics_and_job_states(fresh_server: TidalServer, write_module) 
     assert value(samples, "tidal_invocations_total", function="obs_jobs", revision=revision, status="ok") == 1
 
 
+@pytest.mark.parametrize("switch", ["0", "journal"])
 def test_benchmark_switch_turns_metering_and_metrics_off(
     fresh_server: TidalServer,
     write_module,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    switch: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    monkeypatch.setenv("TIDAL_METRICS", "0")
+    """The benchmark's switches: 0 writes no record; journal writes each to the journal before its
+    answer, then deletes the segment unstored. Either way the calls are answered, nothing is
+    stored, no journal is left behind, and /metrics and `tidal top` say why they are off."""
+    monkeypatch.setenv("TIDAL_METRICS", switch)
     fresh_server.start()
     deploy(fresh_server, write_module, "obs_unmetered")
-    assert fresh_server.client.post("/fn/obs_unmetered", json={"n": 1}).status_code == 200
+    journal = (fresh_server.cwd or Path.cwd()) / fresh_server.state_dir / "journal"
+
+    def journaled() -> bool:
+        """Whether a call leaves a journal segment behind it (the folds, every 2 s, delete them:
+        one may fall between a call and the look)."""
+        assert fresh_server.client.post("/fn/obs_unmetered", json={"n": 1}).status_code == 200
+        return any(path.stat().st_size > 0 for path in journal.iterdir())
+
+    seen = [journaled() for _ in range(3)]
+    if switch == "journal":  # journaled before each answer; at most one fold falls among three calls
+        assert seen.count(True) >= 2, seen
+    else:
+        assert seen == [False, False, False]
     off = fresh_server.client.get("/metrics")
-    assert off.status_code == 404 and "TIDAL_METRICS=0" in off.json()["error"]["message"]
+    assert off.status_code == 404 and f"TIDAL_METRICS={switch}" in off.json()["error"]["message"]
+    # Listing activations flushes first: the segment is then deleted, not stored.
     assert fresh_server.client.get("/v1/functions/obs_unmetered/activations").json()["activations"] == []
+    assert list(journal.iterdir()) == []
     top = fresh_server.cli("top", "--once", "--interval", "0.1")
-    assert top.returncode == 1 and "TIDAL_METRICS=0" in top.stderr
+    assert top.returncode == 1 and f"TIDAL_METRICS={switch}" in top.stderr

@@ -201,7 +201,8 @@ def test_collector_reports_triggers_jobs_and_pools_from_a_snapshot() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "switch"), [("0", "0"), (" records ", "records"), ("1", "1"), ("yes", "1"), ("", "1")]
+    ("value", "switch"),
+    [("0", "0"), (" journal ", "journal"), ("records", "1"), ("1", "1"), ("yes", "1"), ("", "1")],
 )
 def test_metering_switch_reads_the_environment(
     monkeypatch: pytest.MonkeyPatch, value: str, switch: str
@@ -210,7 +211,7 @@ def test_metering_switch_reads_the_environment(
     assert metering_switch() == switch
 
 
-@pytest.mark.parametrize(("value", "written"), [("0", False), ("records", True), ("1", True)])
+@pytest.mark.parametrize(("value", "written"), [("0", False), ("journal", True), ("1", True)])
 def test_metering_off_drops_the_record_itself(
     monkeypatch: pytest.MonkeyPatch, value: str, written: bool
 ) -> None:

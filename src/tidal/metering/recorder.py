@@ -114,12 +114,20 @@ class ActivationRecorder(BatchedWriter[Activation]):
         self._rejections: Counter[tuple[str, int]] = Counter()  # (function, minute) -> 429s
         self.stats: InvocationStats | None = None  # /metrics counts (count_into); None: not counted
         self._flushed_at = time.monotonic()
+        self._discarding = False  # TIDAL_METRICS=journal: segments deleted unstored (benchmarks)
 
     def count_into(self, stats: InvocationStats) -> None:
         """Count every record in ``stats`` (for /metrics) as it is stored or kept in memory."""
         self.stats = stats
         if self.folder is not None:
             self.folder.counted = stats.add
+
+    def discard_journaled(self) -> None:
+        """Benchmarks only (TIDAL_METRICS=journal): from now on a flush deletes the journal's
+        finished segments instead of having them stored, so that the request path's cost (the
+        append) can be measured without the journal folder's (decode, store, count). Records kept
+        in memory (the journal failing) are still stored. Bills nothing it journals."""
+        self._discarding = True
 
     def record(self, activation: Activation) -> None:
         """Journal one record before its answer is sent: the only work metering does per call."""
@@ -155,8 +163,12 @@ class ActivationRecorder(BatchedWriter[Activation]):
         self._flushed_at = time.monotonic()
         await self._flush_rejections()
         if self.folder is not None and self.journal is not None:
-            # Returns once every segment finished so far is stored (or kept for the next flush).
-            await self.folder.fold(self.journal.rotate())
+            finished = self.journal.rotate()
+            if self._discarding:
+                for path in finished:
+                    path.unlink(missing_ok=True)
+            else:  # returns once every segment finished so far is stored (or kept for the next flush)
+                await self.folder.fold(finished)
             if self._pending:
                 await self._store_pending([])
             return

@@ -3,10 +3,11 @@ it is stored (tidal.observability.stats), the autoscaler's events are counted, a
 configured) ``invoke`` runs inside a span.
 
 ``TIDAL_METRICS=0`` turns metering (activation records: ``activation_writer``) and metrics off
-together (``TIDAL_METRICS=records``: /metrics only; the journal folder still counts what it
-stores, which nothing reads). It exists for ``bench/metering_overhead.py``, which
-measures what they cost the warm path; a gateway run that way bills nothing (or shows no metrics),
-so nothing but a benchmark should use it.
+together; ``TIDAL_METRICS=journal`` keeps the request path's part (each record journaled before
+its answer) and drops the rest: the journal's segments are deleted unstored, nothing is counted,
+/metrics is off. It exists for ``bench/metering_overhead.py``, which measures what metering costs
+the warm path and where; a gateway run either way bills nothing, so nothing but a benchmark
+should use it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger("tidal.observability")
 
 @dataclass
 class Observability:
-    stats: InvocationStats | None  # None: TIDAL_METRICS=0 or =records
+    stats: InvocationStats | None  # None: TIDAL_METRICS=0 or =journal
     endpoint: MetricsEndpoint
     tracer: InvocationTracer | None = None
 
@@ -60,8 +61,12 @@ def observe(platform: Platform, public: bool = False, otel_endpoint: str | None 
         log.warning(
             "%s=0: activations are not recorded and /metrics is off (benchmarks only)", METRICS_SWITCH
         )
-    else:
-        log.warning("%s=records: /metrics is off (benchmarks only)", METRICS_SWITCH)
+    else:  # journal: written on the request path, then dropped where the folder would store it
+        platform.recorder.discard_journaled()
+        log.warning(
+            "%s=journal: activations are journaled, then deleted unstored; /metrics is off (benchmarks only)",
+            METRICS_SWITCH,
+        )
     observability = Observability(stats, MetricsEndpoint(platform, stats, public))
     from tidal.observability.tracing import tracing_wanted
 
